@@ -1,0 +1,200 @@
+"""Fused sigmoid + binary cross-entropy over a (R, C) view of the logits.
+
+The forward reads each logit and target once and writes, in the same pass, the gradient of the reduced loss
+and either the elementwise loss or one fp32 partial sum per (row, span). The backward kernel only scales that
+stored gradient by grad_output, and leaves untouched every element whose grad_output is exactly 1.
+
+Grid of both kernels: (cdiv(R, BLOCK_R), cdiv(C, SPAN)). SPAN is chosen by the host (it sizes the partial
+buffer); the tile TILE = BLOCK_R × BLOCK_C is autotuned, so small C packs several rows into one program.
+"""
+
+import triton
+import triton.language as tl
+
+# Largest span one program reduces to a single partial; the host grows it only past grid-y's 65535 limit.
+MAX_SPAN = 8192
+MAX_GRID_Y = 65535
+
+
+def span_for(num_cols: int) -> int:
+    """Columns one program covers: all of a short row, else MAX_SPAN (more where grid-y would overflow)."""
+    span = min(triton.next_power_of_2(max(num_cols, 1)), MAX_SPAN)
+    return max(span, triton.next_power_of_2(triton.cdiv(num_cols, MAX_GRID_Y)))
+
+
+def tile_configs() -> list[triton.Config]:
+    """Autotune space shared by both kernels: elements per program tile and warps."""
+    return [triton.Config({"TILE": tile}, num_warps=warps) for tile in (1024, 2048, 4096) for warps in (4, 8)]
+
+
+# The config used where autotuning cannot benchmark (Triton's CPU interpreter).
+HEURISTIC_CONFIG = {"TILE": 1024, "num_warps": 4}
+
+_tile_shape = triton.heuristics(
+    {
+        "BLOCK_C": lambda args: min(args["TILE"], args["SPAN"]),
+        "BLOCK_R": lambda args: args["TILE"] // min(args["TILE"], args["SPAN"]),
+    }
+)
+
+
+@triton.jit
+def _log1p_small(e):
+    """log(1 + e) for e in [0, 1], accurate where 1 + e rounds to 1 (Goldberg's correction)."""
+    u = 1.0 + e
+    return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+
+
+@triton.jit
+def soft_margin_forward_kernel(
+    X,
+    Y,
+    W,
+    PW,
+    GRAD,
+    LOSS,
+    PARTIAL,
+    R,
+    C,
+    stride_x_row,
+    stride_x_col,
+    stride_y_row,
+    stride_y_col,
+    stride_w_row,
+    stride_w_col,
+    stride_pw_row,
+    stride_pw_col,
+    stride_grad_row,
+    stride_grad_col,
+    grad_scale,
+    SPAN: tl.constexpr,
+    TILE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MLSM_FORM: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_POS_WEIGHT: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+    WRITE_PARTIAL: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    """Loss terms and gradient of sigmoid-BCE, one tile of rows × one span of columns per program.
+
+    X:       (R, C) logits, float16/bfloat16/float32/float64, any strides.
+    Y:       (R, C) targets, float, integer or bool, any strides.
+    W:       (R, C) weight (a broadcast view, strides may be 0), float; read only if HAS_WEIGHT.
+    PW:      (R, C) pos_weight p (a broadcast view), float; read only if HAS_POS_WEIGHT.
+    GRAD:    (R, C) gradient of the reduced loss, X's dtype; may alias X (read before written).
+    LOSS:    (R, C) contiguous weighted elementwise loss, the loss's dtype; written if WRITE_LOSS.
+    PARTIAL: (R, cdiv(C, SPAN)) contiguous COMPUTE_DTYPE row partial sums; written if WRITE_PARTIAL.
+    grad_scale: the reduction's factor d(reduced loss)/d(elementwise loss), e.g. 1/C for MLSM 'sum'.
+    """
+    row_block = tl.program_id(0)
+    span_id = tl.program_id(1)
+    rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    span_start = span_id * SPAN
+    span_end = tl.minimum(span_start + SPAN, C)
+    acc = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
+    for offset in tl.range(0, SPAN, BLOCK_C):
+        cols = span_start + offset + tl.arange(0, BLOCK_C)
+        mask = row_mask[:, None] & (cols < span_end)[None, :]
+        cols = cols.to(tl.int64)
+        x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :] * stride_x_col, mask=mask, other=0)
+        y = tl.load(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask=mask, other=0)
+        x = x.to(COMPUTE_DTYPE)
+        y = y.to(COMPUTE_DTYPE)
+
+        # softplus(±x) = max(±x, 0) + log1p(exp(-|x|)) and sigmoid(x) share one exp.
+        e = tl.exp(-tl.abs(x))
+        log1p_e = _log1p_small(e)
+        softplus_neg = tl.maximum(-x, 0.0) + log1p_e
+        sigmoid = tl.where(x >= 0, 1.0, e) / (1.0 + e)
+        if HAS_POS_WEIGHT:
+            p = tl.load(
+                PW + rows[:, None] * stride_pw_row + cols[None, :] * stride_pw_col, mask=mask, other=1
+            )
+            positive = p.to(COMPUTE_DTYPE) * y
+        else:
+            positive = y
+        # The two torch formulas agree on finite logits and differ only in where ±inf logits give NaN.
+        if MLSM_FORM:  # MultiLabelSoftMarginLoss: p·y·softplus(-x) + (1-y)·softplus(x)
+            loss = positive * softplus_neg + (1.0 - y) * (tl.maximum(x, 0.0) + log1p_e)
+        else:  # BCEWithLogitsLoss: (1-y)·x + ((p-1)·y + 1)·softplus(-x)
+            loss = (1.0 - y) * x + (positive - y + 1.0) * softplus_neg
+        # d loss / dx = (p·y + 1 - y)·σ(x) - p·y, folded in full precision before the gradient is rounded.
+        if HAS_POS_WEIGHT:
+            grad = (positive + 1.0 - y) * sigmoid - positive
+        else:
+            grad = sigmoid - y
+        if HAS_WEIGHT:
+            w = tl.load(W + rows[:, None] * stride_w_row + cols[None, :] * stride_w_col, mask=mask, other=0)
+            w = w.to(COMPUTE_DTYPE)
+            loss = loss * w
+            grad = grad * w
+
+        if WRITE_LOSS:
+            tl.store(LOSS + rows[:, None] * C + cols[None, :], loss.to(LOSS.dtype.element_ty), mask=mask)
+        if WRITE_PARTIAL:
+            acc += tl.where(mask, loss, 0.0)
+        if WRITE_GRAD:
+            grad_ptrs = GRAD + rows[:, None] * stride_grad_row + cols[None, :] * stride_grad_col
+            tl.store(grad_ptrs, (grad * grad_scale).to(GRAD.dtype.element_ty), mask=mask)
+
+    if WRITE_PARTIAL:
+        num_spans = tl.cdiv(C, SPAN)
+        tl.store(PARTIAL + rows * num_spans + span_id, tl.sum(acc, axis=1), mask=row_mask)
+
+
+@triton.jit
+def soft_margin_scale_grad_kernel(
+    GRAD,
+    GRAD_OUTPUT,
+    R,
+    C,
+    stride_grad_row,
+    stride_grad_col,
+    stride_go_row,
+    stride_go_col,
+    SPAN: tl.constexpr,
+    TILE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    """GRAD *= GRAD_OUTPUT in place, touching only elements whose grad_output is not exactly 1.
+
+    GRAD:        (R, C) stored gradient, float, any strides.
+    GRAD_OUTPUT: (R, C) broadcast view of the loss's gradient (strides 0 for a scalar or per-row), float.
+    The common `loss.backward()` (grad_output == 1) thus moves no gradient bytes and needs no host sync.
+    """
+    row_block = tl.program_id(0)
+    span_id = tl.program_id(1)
+    rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    span_start = span_id * SPAN
+    span_end = tl.minimum(span_start + SPAN, C)
+    for offset in tl.range(0, SPAN, BLOCK_C):
+        cols = span_start + offset + tl.arange(0, BLOCK_C)
+        mask = row_mask[:, None] & (cols < span_end)[None, :]
+        cols = cols.to(tl.int64)
+        go_ptrs = GRAD_OUTPUT + rows[:, None] * stride_go_row + cols[None, :] * stride_go_col
+        go = tl.load(go_ptrs, mask=mask, other=1).to(COMPUTE_DTYPE)
+        touch = mask & (go != 1.0)
+        grad_ptrs = GRAD + rows[:, None] * stride_grad_row + cols[None, :] * stride_grad_col
+        grad = tl.load(grad_ptrs, mask=touch, other=0).to(COMPUTE_DTYPE)
+        tl.store(grad_ptrs, (grad * go).to(GRAD.dtype.element_ty), mask=touch)
+
+
+# The forward writes only fresh buffers, except in-place mode where GRAD aliases X: that variant restores
+# GRAD (hence X) after each benchmarked config. The scale kernel is in place by nature.
+soft_margin_forward = triton.autotune(
+    tile_configs(), key=["SPAN", "MLSM_FORM", "HAS_WEIGHT", "HAS_POS_WEIGHT"]
+)(_tile_shape(soft_margin_forward_kernel))
+soft_margin_forward_into_logits = triton.autotune(
+    tile_configs(), key=["SPAN", "MLSM_FORM", "HAS_WEIGHT", "HAS_POS_WEIGHT"], restore_value=["GRAD"]
+)(_tile_shape(soft_margin_forward_kernel))
+soft_margin_scale_grad = triton.autotune(tile_configs(), key=["SPAN"], restore_value=["GRAD"])(
+    _tile_shape(soft_margin_scale_grad_kernel)
+)

@@ -1,0 +1,26 @@
+"""Fused Triton kernels for the multi-label soft-margin loss (sigmoid + binary cross-entropy).
+
+Drop-in replacements for `torch.nn.functional.multilabel_soft_margin_loss`,
+`torch.nn.functional.binary_cross_entropy_with_logits` and their modules, with PyTorch's semantics.
+"""
+
+from softmargin_triton.backend import BACKEND_ENV_VAR, current_backend, use_backend
+from softmargin_triton.soft_margin import (
+    BCEWithLogitsLoss,
+    MultiLabelSoftMarginLoss,
+    binary_cross_entropy_with_logits,
+    multilabel_soft_margin_loss,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKEND_ENV_VAR",
+    "BCEWithLogitsLoss",
+    "MultiLabelSoftMarginLoss",
+    "__version__",
+    "binary_cross_entropy_with_logits",
+    "current_backend",
+    "multilabel_soft_margin_loss",
+    "use_backend",
+]

@@ -1,0 +1,85 @@
+"""Plain-torch formulas of every op: the CPU fallback and the tests' float64 oracle.
+
+They follow the kernels' contract (the loss and the gradient of the reduced loss in one call) with the
+same math, so a kernel can be checked element by element, and they run anywhere torch runs.
+"""
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["reduce_row_sums", "reduction_grad_scale", "soft_margin_reference"]
+
+# Which torch loss a call mirrors: they share the math and differ in normalisation and ±inf behaviour.
+LossForm = Literal["mlsm", "bce"]
+
+
+def reduction_grad_scale(loss_form: LossForm, reduction: str, rows: int, cols: int) -> float:
+    """d(reduced loss) / d(elementwise loss) for a (rows, cols) problem.
+
+    MultiLabelSoftMarginLoss divides each row's sum by C (never by the sum of weights); 'mean' then averages
+    the rows. BCEWithLogitsLoss 'mean' divides by numel.
+    """
+    scale = 1.0 / cols if loss_form == "mlsm" else 1.0
+    if reduction == "mean":
+        scale /= rows * cols if loss_form == "bce" else rows
+    return scale
+
+
+def reduce_row_sums(row_sums: Tensor, loss_form: LossForm, reduction: str, cols: int) -> Tensor:
+    """The reduced loss from per-row sums of the weighted elementwise loss, (R,) → (R,) or ().
+
+    Not for BCE 'none', whose output is the elementwise loss itself.
+    """
+    if loss_form == "mlsm":
+        per_row = row_sums / cols
+        if reduction == "none":
+            return per_row
+        return per_row.mean() if reduction == "mean" else per_row.sum()
+    total = row_sums.sum()
+    return total / (row_sums.numel() * cols) if reduction == "mean" else total
+
+
+def soft_margin_reference(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    loss_form: LossForm,
+    reduction: str,
+    out_dtype: torch.dtype,
+    with_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Loss and input gradient of sigmoid-BCE over a (R, C) problem, in fp32 (fp64 for fp64 data).
+
+    input (R, C) float logits; target (R, C) float, integer or bool; weight and pos_weight (R, C) float
+    (broadcast views) or None. Returns the loss, (R,) for MLSM 'none', (R, C) for BCE 'none', else (),
+    in out_dtype, and the gradient of that reduced loss w.r.t. input in input's dtype (None unless
+    with_grad). The loss form decides where ±inf logits give NaN, as in the torch function it mirrors.
+    """
+    wide = torch.float64 in (input.dtype, out_dtype)
+    compute_dtype = torch.float64 if wide else torch.float32
+    x = input.to(compute_dtype)
+    y = target.to(compute_dtype)
+    log1p_e = torch.log1p(torch.exp(-x.abs()))
+    softplus_neg = torch.clamp_min(-x, 0) + log1p_e
+    positive = y if pos_weight is None else pos_weight.to(compute_dtype) * y
+    if loss_form == "mlsm":
+        loss = positive * softplus_neg + (1 - y) * (torch.clamp_min(x, 0) + log1p_e)
+    else:
+        loss = (1 - y) * x + (positive - y + 1) * softplus_neg
+    grad = None
+    if with_grad:
+        sigmoid = torch.sigmoid(x)
+        grad = sigmoid - y if pos_weight is None else (positive + 1 - y) * sigmoid - positive
+    if weight is not None:
+        w = weight.to(compute_dtype)
+        loss = loss * w
+        grad = None if grad is None else grad * w
+    rows, cols = input.shape
+    if grad is not None:
+        grad = (grad * reduction_grad_scale(loss_form, reduction, rows, cols)).to(input.dtype)
+    if not (loss_form == "bce" and reduction == "none"):
+        loss = reduce_row_sums(loss.sum(dim=1), loss_form, reduction, cols)
+    return loss.to(out_dtype), grad

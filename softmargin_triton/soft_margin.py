@@ -1,0 +1,431 @@
+"""Fused multi-label soft-margin and BCE-with-logits losses: PyTorch's semantics, one pass over the logits.
+
+Layers, bottom up:
+1. `soft_margin_forward` / `soft_margin_scale_grad_`: torch.library custom ops over a (R, C) view that
+   write into preallocated buffers; each runs the Triton kernels or the plain-torch reference.
+2. `_SoftMarginFunction`: autograd. The forward writes the gradient of the reduced loss; the backward only
+   scales it by grad_output, in place, and moves no bytes when grad_output is 1.
+3. `multilabel_soft_margin_loss` / `binary_cross_entropy_with_logits`: torch's signatures. They validate,
+   view the operands as (R, C) without copying, and send what the fused path cannot serve (a target or
+   weight that needs a gradient, a broadcasting target, layouts with no (R, C) view, empty inputs) to
+   torch's own function.
+4. `MultiLabelSoftMarginLoss` / `BCEWithLogitsLoss`: the torch modules with `forward` overridden.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import _reduction
+
+from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
+from softmargin_triton.reference import (
+    LossForm,
+    reduce_row_sums,
+    reduction_grad_scale,
+    soft_margin_reference,
+)
+
+if TRITON_IMPORT_ERROR is None:
+    import triton
+
+    from softmargin_triton.backend import TRITON_INTERPRETED
+    from softmargin_triton.kernels import soft_margin as kernels
+
+__all__ = [
+    "BCEWithLogitsLoss",
+    "MultiLabelSoftMarginLoss",
+    "binary_cross_entropy_with_logits",
+    "multilabel_soft_margin_loss",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTEGER_TARGET_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Launchers (Triton)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _launch(autotuned, grid, *args, **constexprs) -> None:
+    """Run an autotuned kernel; under the interpreter, which cannot benchmark, with the heuristic config."""
+    if TRITON_INTERPRETED:
+        autotuned.fn[grid](*args, **constexprs, **kernels.HEURISTIC_CONFIG)
+    else:
+        autotuned[grid](*args, **constexprs)
+
+
+def _tile_grid(rows: int, span: int, num_spans: int):
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]), num_spans)
+
+
+def _soft_margin_forward_triton(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    grad: Tensor | None,
+    loss_form: LossForm,
+    reduction: str,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    rows, cols = input.shape
+    span = kernels.span_for(cols)
+    num_spans = triton.cdiv(cols, span)
+    compute_dtype = _compute_dtype(input.dtype, out_dtype)
+    elementwise = loss_form == "bce" and reduction == "none"
+    loss = input.new_empty((rows, cols), dtype=out_dtype) if elementwise else None
+    partial = None if elementwise else input.new_empty((rows, num_spans), dtype=compute_dtype)
+    unused = input  # placeholder pointer for operands a constexpr flag switches off
+    kernel = kernels.soft_margin_forward_into_logits if grad is input else kernels.soft_margin_forward
+    _launch(
+        kernel,
+        _tile_grid(rows, span, num_spans),
+        input,
+        target,
+        unused if weight is None else weight,
+        unused if pos_weight is None else pos_weight,
+        unused if grad is None else grad,
+        unused if loss is None else loss,
+        unused if partial is None else partial,
+        rows,
+        cols,
+        *input.stride(),
+        *target.stride(),
+        *(weight.stride() if weight is not None else (0, 0)),
+        *(pos_weight.stride() if pos_weight is not None else (0, 0)),
+        *(grad.stride() if grad is not None else (0, 0)),
+        reduction_grad_scale(loss_form, reduction, rows, cols),
+        SPAN=span,
+        MLSM_FORM=loss_form == "mlsm",
+        HAS_WEIGHT=weight is not None,
+        HAS_POS_WEIGHT=pos_weight is not None,
+        WRITE_GRAD=grad is not None,
+        WRITE_LOSS=elementwise,
+        WRITE_PARTIAL=not elementwise,
+        COMPUTE_DTYPE=triton.language.float64 if compute_dtype == torch.float64 else triton.language.float32,
+    )
+    if elementwise:
+        return loss
+    # The partials are R × cdiv(C, 8192) numbers: reducing them in torch is deterministic and cheap.
+    return reduce_row_sums(partial.sum(dim=1), loss_form, reduction, cols).to(out_dtype)
+
+
+def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor) -> None:
+    rows, cols = grad.shape
+    span = kernels.span_for(cols)
+    compute_dtype = _compute_dtype(grad.dtype, grad_output.dtype)
+    _launch(
+        kernels.soft_margin_scale_grad,
+        _tile_grid(rows, span, triton.cdiv(cols, span)),
+        grad,
+        grad_output,
+        rows,
+        cols,
+        *grad.stride(),
+        *grad_output.stride(),
+        SPAN=span,
+        COMPUTE_DTYPE=triton.language.float64 if compute_dtype == torch.float64 else triton.language.float32,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Custom ops: Triton kernels or the torch reference, traceable by torch.compile
+# --------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("softmargin_triton::soft_margin_forward", mutates_args=("grad",))
+def soft_margin_forward(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    grad: Tensor | None,
+    loss_form: str,
+    reduction: str,
+    out_dtype: torch.dtype,
+    use_triton: bool,
+) -> Tensor:
+    """Reduced sigmoid-BCE loss of a (R, C) problem; writes its input gradient into `grad` if given.
+
+    input (R, C) float16/bfloat16/float32/float64 logits; target (R, C) float, integer or bool; weight and
+    pos_weight (R, C) broadcast views or None; grad (R, C) in input's dtype, may be `input` itself.
+    loss_form "mlsm" or "bce"; reduction "none", "mean" or "sum". Returns (R,) for MLSM 'none',
+    (R, C) for BCE 'none', else (), in out_dtype.
+    """
+    if use_triton:
+        return _soft_margin_forward_triton(
+            input, target, weight, pos_weight, grad, loss_form, reduction, out_dtype
+        )
+    loss, reference_grad = soft_margin_reference(
+        input, target, weight, pos_weight, loss_form, reduction, out_dtype, with_grad=grad is not None
+    )
+    if grad is not None:
+        grad.copy_(reference_grad)
+    return loss
+
+
+@soft_margin_forward.register_fake
+def _(input, target, weight, pos_weight, grad, loss_form, reduction, out_dtype, use_triton):
+    rows, cols = input.shape
+    shape = {"none": (rows,) if loss_form == "mlsm" else (rows, cols)}.get(reduction, ())
+    return input.new_empty(shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("softmargin_triton::soft_margin_scale_grad_", mutates_args=("grad",))
+def soft_margin_scale_grad_(grad: Tensor, grad_output: Tensor, use_triton: bool) -> None:
+    """grad *= grad_output in place; grad (R, C), grad_output broadcastable to it (a scalar, (R, 1), (R, C)).
+
+    The Triton kernel skips every element whose grad_output is exactly 1, deciding on the device.
+    """
+    if use_triton:
+        _soft_margin_scale_grad_triton(grad, grad_output.expand(grad.shape))
+    else:
+        grad.mul_(grad_output)
+
+
+@soft_margin_scale_grad_.register_fake
+def _(grad, grad_output, use_triton):
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------------------
+
+
+class _SoftMarginFunction(torch.autograd.Function):
+    """Gradient for the logits only; callers route targets and weights that need one to torch."""
+
+    @staticmethod
+    def forward(
+        ctx, input, target, weight, pos_weight, loss_form, reduction, out_dtype, use_triton, in_place
+    ):
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = input if in_place else torch.empty_like(input)
+        loss = soft_margin_forward(
+            input, target, weight, pos_weight, grad, loss_form, reduction, out_dtype, use_triton
+        )
+        ctx.save_for_backward(grad)
+        ctx.use_triton = use_triton
+        ctx.per_row = loss_form == "mlsm" and reduction == "none"
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        # The scale is in place, so a second backward through the same graph (retain_graph=True) fails
+        # autograd's saved-tensor version check instead of scaling twice.
+        (grad,) = ctx.saved_tensors
+        soft_margin_scale_grad_(grad, grad_loss[:, None] if ctx.per_row else grad_loss, ctx.use_triton)
+        return grad, None, None, None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Functional API
+# --------------------------------------------------------------------------------------------------------
+
+
+def _resolve_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{reduction!r} is not a valid value for reduction: use 'none', 'mean' or 'sum'")
+    return reduction
+
+
+def _check_logits(name: str, input: Tensor) -> None:
+    if not input.is_floating_point():
+        # torch raises NotImplementedError from log_sigmoid here; keep the class, name the problem.
+        raise NotImplementedError(f"{name}: input must hold floating-point logits, got dtype {input.dtype}")
+
+
+def _broadcast_operand(name: str, operand: Tensor, shape: torch.Size) -> None:
+    """Raise torch's RuntimeError, naming the operand, if it cannot broadcast with the input."""
+    try:
+        torch.broadcast_shapes(operand.shape, shape)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"{name} of shape {tuple(operand.shape)} cannot broadcast with input of shape {tuple(shape)}"
+        ) from error
+
+
+def _rows_view(tensor: Tensor, shape: torch.Size, cols: int) -> Tensor | None:
+    """`tensor` broadcast to `shape` and viewed as (numel/cols, cols) without a copy, or None if no view
+    exists (leading dimensions whose strides do not merge)."""
+    expanded = tensor.expand(shape)
+    leading = [
+        (size, stride) for size, stride in zip(expanded.shape[:-1], expanded.stride()[:-1]) if size != 1
+    ]
+    for (_, outer_stride), (inner_size, inner_stride) in zip(leading, leading[1:]):
+        if outer_stride != inner_stride * inner_size:
+            return None
+    return expanded.reshape(-1, cols)  # a view: the strides were just checked to merge
+
+
+def _fused(
+    loss_form: LossForm,
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: str,
+    out_dtype: torch.dtype,
+    grad_into_input: bool,
+) -> Tensor | None:
+    """The loss through the fused op, or None where that cannot serve the call exactly."""
+    operands = [t for t in (target, weight, pos_weight) if t is not None]
+    if (
+        input.numel() == 0
+        or input.dtype not in _FLOAT_DTYPES
+        or target.shape != input.shape
+        or not (target.dtype in _FLOAT_DTYPES or target.dtype in _INTEGER_TARGET_DTYPES)
+        or any(t.device != input.device for t in operands)
+        or any(t.dtype not in _FLOAT_DTYPES for t in operands[1:])
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in operands))
+    ):
+        return None
+    shape = input.shape
+    cols = shape[-1] if input.dim() > 0 else 1
+    for t in operands[1:]:
+        if torch.broadcast_shapes(t.shape, shape) != shape:  # a weight that broadcasts beyond the input
+            return None
+    views = [None if t is None else _rows_view(t, shape, cols) for t in (input, target, weight, pos_weight)]
+    if any(view is None for view, t in zip(views, (input, target, weight, pos_weight)) if t is not None):
+        return None
+    input_rows, target_rows, weight_rows, pos_weight_rows = views
+    use_triton = use_triton_for(input)
+    loss = _SoftMarginFunction.apply(
+        input_rows,
+        target_rows,
+        weight_rows,
+        pos_weight_rows,
+        loss_form,
+        reduction,
+        out_dtype,
+        use_triton,
+        grad_into_input,
+    )
+    if reduction != "none":
+        return loss
+    return loss.view(shape[:-1] if loss_form == "mlsm" else shape)
+
+
+def _promote(dtype: torch.dtype, operand: Tensor) -> torch.dtype:
+    # torch's rule for `loss * operand`: a 0-dim float operand does not widen a float loss.
+    return dtype if operand.dim() == 0 else torch.promote_types(dtype, operand.dtype)
+
+
+def multilabel_soft_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    *,
+    grad_into_input: bool = False,
+) -> Tensor:
+    """`torch.nn.functional.multilabel_soft_margin_loss`, fused: one pass over the logits.
+
+    Args:
+        input: (C,), (N, C) or (..., C) float16/bfloat16/float32/float64 logits.
+        target: input's shape; float (soft or outside [0, 1] too), integer, or (an extension) bool/uint8
+            at 1 byte per element.
+        weight: per-class or per-element weight broadcastable to input: (C,), (1, C), (N, C), (N, 1), ().
+        size_average, reduce: deprecated, as in torch (with its warning).
+        reduction: 'none' → input.shape[:-1]; 'mean' / 'sum' → ().
+        grad_into_input: write the gradient over `input`'s memory instead of a new buffer (no extra
+            B×L allocation); `input` holds the gradient, not the logits, after the call. Off by default.
+
+    Returns:
+        The loss in the type promotion of input, target and weight, as torch.
+    """
+    reduction = _resolve_reduction(size_average, reduce, reduction)
+    _check_logits("multilabel_soft_margin_loss", input)
+    if weight is not None:
+        _broadcast_operand("weight", weight, input.shape)
+    out_dtype = torch.promote_types(input.dtype, target.dtype)
+    if weight is not None:
+        out_dtype = _promote(out_dtype, weight)
+    if input.dim() > 0:
+        loss = _fused("mlsm", input, target, weight, None, reduction, out_dtype, grad_into_input)
+        if loss is not None:
+            return loss
+    if target.dtype == torch.bool:  # torch has no `1 - bool`; the value is the same as a 0/1 float target
+        target = target.to(out_dtype)
+    return F.multilabel_soft_margin_loss(input, target, weight, reduction=reduction)
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+    *,
+    grad_into_input: bool = False,
+) -> Tensor:
+    """`torch.nn.functional.binary_cross_entropy_with_logits`, fused: one pass over the logits.
+
+    Args:
+        input: any shape, float16/bfloat16/float32/float64 logits.
+        target: input's shape; float, or (an extension) bool/uint8 at 1 byte per element.
+        weight: broadcastable to input.
+        size_average, reduce: deprecated, as in torch (with its warning).
+        reduction: 'none' → input's shape; 'mean' (over all elements) / 'sum' → ().
+        pos_weight: weight of the positive term, broadcastable to input (typically (C,)).
+        grad_into_input: write the gradient over `input`'s memory instead of a new buffer (no extra
+            B×L allocation); `input` holds the gradient, not the logits, after the call. Off by default.
+
+    Returns:
+        The loss in target's dtype, as torch (input's dtype for bool/uint8 targets); float32 under autocast,
+        where torch runs this loss in float32.
+    """
+    reduction = _resolve_reduction(size_average, reduce, reduction)
+    _check_logits("binary_cross_entropy_with_logits", input)
+    if target.size() != input.size():
+        raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
+    for name, operand in (("weight", weight), ("pos_weight", pos_weight)):
+        if operand is not None:
+            _broadcast_operand(name, operand, input.shape)
+    compact_target = target.dtype in (torch.bool, torch.uint8)
+    out_dtype = input.dtype if compact_target else target.dtype
+    if torch.is_autocast_enabled(input.device.type) and out_dtype != torch.float64:
+        out_dtype = torch.float32  # autocast runs this loss in float32 (float64 left alone)
+    loss = _fused("bce", input, target, weight, pos_weight, reduction, out_dtype, grad_into_input)
+    if loss is not None:
+        return loss
+    if compact_target:
+        target = target.to(input.dtype)
+    return F.binary_cross_entropy_with_logits(
+        input, target, weight, reduction=reduction, pos_weight=pos_weight
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------------
+
+
+class MultiLabelSoftMarginLoss(nn.MultiLabelSoftMarginLoss):
+    """`torch.nn.MultiLabelSoftMarginLoss` (same constructor, `weight` buffer, state_dict), fused."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return multilabel_soft_margin_loss(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    """`torch.nn.BCEWithLogitsLoss` (same constructor, `weight`/`pos_weight` buffers, state_dict), fused."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return binary_cross_entropy_with_logits(
+            input, target, self.weight, pos_weight=self.pos_weight, reduction=self.reduction
+        )
