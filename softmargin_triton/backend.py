@@ -89,7 +89,7 @@ def use_triton_for(input: torch.Tensor) -> bool:
     if input.device.type == "cpu" and TRITON_INTERPRETED:
         return True
     raise RuntimeError(
-        f"backend 'triton' cannot run on {input.device.type} tensors in this process: the kernels run on CUDA "
-        "tensors, or on CPU tensors under Triton's interpreter (set TRITON_INTERPRET=1 before importing "
+        f"backend 'triton' cannot run on {input.device.type} tensors in this process: the kernels run on "
+        "CUDA tensors, or on CPU tensors under Triton's interpreter (set TRITON_INTERPRET=1 before importing "
         "triton); use backend 'torch' or 'auto' for the plain-torch path"
     )

@@ -12,6 +12,8 @@ Layers, bottom up:
 4. `MultiLabelSoftMarginLoss` / `BCEWithLogitsLoss`: the torch modules with `forward` overridden.
 """
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -259,10 +261,9 @@ def _rows_view(tensor: Tensor, shape: torch.Size, cols: int) -> Tensor | None:
     """`tensor` broadcast to `shape` and viewed as (numel/cols, cols) without a copy, or None if no view
     exists (leading dimensions whose strides do not merge)."""
     expanded = tensor.expand(shape)
-    leading = [
-        (size, stride) for size, stride in zip(expanded.shape[:-1], expanded.stride()[:-1]) if size != 1
-    ]
-    for (_, outer_stride), (inner_size, inner_stride) in zip(leading, leading[1:]):
+    sizes_strides = zip(expanded.shape[:-1], expanded.stride()[:-1], strict=True)
+    leading = [(size, stride) for size, stride in sizes_strides if size != 1]
+    for (_, outer_stride), (inner_size, inner_stride) in itertools.pairwise(leading):
         if outer_stride != inner_stride * inner_size:
             return None
     return expanded.reshape(-1, cols)  # a view: the strides were just checked to merge
@@ -295,10 +296,13 @@ def _fused(
     for t in operands[1:]:
         if torch.broadcast_shapes(t.shape, shape) != shape:  # a weight that broadcasts beyond the input
             return None
-    views = [None if t is None else _rows_view(t, shape, cols) for t in (input, target, weight, pos_weight)]
-    if any(view is None for view, t in zip(views, (input, target, weight, pos_weight)) if t is not None):
+    input_rows, target_rows = _rows_view(input, shape, cols), _rows_view(target, shape, cols)
+    weight_rows = None if weight is None else _rows_view(weight, shape, cols)
+    pos_weight_rows = None if pos_weight is None else _rows_view(pos_weight, shape, cols)
+    if input_rows is None or target_rows is None:
         return None
-    input_rows, target_rows, weight_rows, pos_weight_rows = views
+    if (weight is not None and weight_rows is None) or (pos_weight is not None and pos_weight_rows is None):
+        return None
     use_triton = use_triton_for(input)
     loss = _SoftMarginFunction.apply(
         input_rows,
