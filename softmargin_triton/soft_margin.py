@@ -404,9 +404,10 @@ def binary_cross_entropy_with_logits(
     out_dtype = input.dtype if compact_target else target.dtype
     if torch.is_autocast_enabled(input.device.type) and out_dtype != torch.float64:
         out_dtype = torch.float32  # autocast runs this loss in float32 (float64 left alone)
-    loss = _fused("bce", input, target, weight, pos_weight, reduction, out_dtype, grad_into_input)
-    if loss is not None:
-        return loss
+    if target.is_floating_point() or compact_target:  # torch rejects other integer targets: let it say so
+        loss = _fused("bce", input, target, weight, pos_weight, reduction, out_dtype, grad_into_input)
+        if loss is not None:
+            return loss
     if compact_target:
         target = target.to(input.dtype)
     return F.binary_cross_entropy_with_logits(
