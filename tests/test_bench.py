@@ -1,0 +1,61 @@
+"""The benchmark sweep and its plots, as the README's main-job command runs them, at a tiny size."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> None:
+    subprocess.run([sys.executable, *args], cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
+
+
+def test_sweep_writes_csv_and_plot(tmp_path):
+    providers = ["softmargin-triton", "torch-mlsm"]
+    run(
+        "bench/sweep.py",
+        "--out",
+        str(tmp_path),
+        "--batch",
+        "8",
+        "--labels",
+        "64",
+        "256",
+        "--dtype",
+        "fp32",
+        "--targets",
+        "uint8",
+        "--providers",
+        *providers,
+    )
+    frame = pd.read_csv(tmp_path / "dense_sweep.csv")
+    assert "error" not in set(frame["metric"]), frame.get("error")
+    times = frame[frame["metric"] == "time"]
+    # one time per (provider, mode, label count)
+    assert len(times) == len(providers) * 3 * 2
+    assert set(times["provider"]) == set(providers)
+    assert set(times["mode"]) == {"forward", "backward", "full"}
+    assert sorted(set(times["x_value"])) == [64, 256]
+    full = times[times["mode"] == "full"]
+    assert (full["y_50"] > 0).all() and (full["y_20"] <= full["y_80"]).all()
+    roofline = frame[frame["metric"] == "roofline"]
+    assert len(roofline) == len(providers) * 2 and (roofline["y_50"] > 0).all()
+    for column in (
+        "gpu_name",
+        "torch_version",
+        "triton_version",
+        "package_version",
+        "git_commit",
+        "timestamp",
+    ):
+        assert frame[column].notna().all(), column
+
+    run("bench/plot.py", str(tmp_path))
+    png = tmp_path / "dense_sweep_time_uint8.png"
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 200 and image.shape[1] > 300
+    assert image[..., :3].std() > 0.05, "the plot is blank"
