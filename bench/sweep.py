@@ -2,7 +2,7 @@
 
     python bench/sweep.py [--out DIR] [--labels 1024 4096 ...] [--batch B] [--providers ...]
 
-On a CUDA machine the defaults are B=4096, bf16 logits, L from 2^14 to 2^20; on CPU a small sweep of the
+On a CUDA machine the defaults are B=4096, bf16 logits, L = 2^14 … 2^20; on CPU a small sweep of the
 CPU paths (B=64, fp32, L up to 2^14) that finishes in about a minute. Plot with bench/plot.py.
 """
 
@@ -110,7 +110,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for dense_sweep.csv")
     parser.add_argument("--batch", type=int, default=4096 if cuda else 64)
-    default_labels = [2**k for k in range(14, 21, 2)] if cuda else [2**10, 2**12, 2**14]
+    default_labels = [2**k for k in range(14, 21)] if cuda else [2**10, 2**12, 2**14]
     parser.add_argument("--labels", type=int, nargs="+", default=default_labels)
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16" if cuda else "fp32")
     parser.add_argument(
