@@ -88,13 +88,14 @@ def soft_margin_forward_kernel(
     GRAD:    (R, C) gradient of the reduced loss, X's dtype; may alias X (read before written).
     LOSS:    (R, C) contiguous weighted elementwise loss, the loss's dtype; written if WRITE_LOSS.
     PARTIAL: (R, cdiv(C, SPAN)) contiguous COMPUTE_DTYPE row partial sums; written if WRITE_PARTIAL.
-    grad_scale: the reduction's factor d(reduced loss)/d(elementwise loss), e.g. 1/C for MLSM 'sum'.
+    grad_scale: factor applied to the stored gradient (the reduction's, or 1 when the backward applies it).
+    COMPUTE_DTYPE: float64 for float64 logits, else float32.
     """
     row_block = tl.program_id(0)
     span_id = tl.program_id(1)
     rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
-    span_start = span_id * SPAN
+    span_start = span_id.to(tl.int64) * SPAN  # int64: one row may pass 2^31 elements
     span_end = tl.minimum(span_start + SPAN, C)
     acc = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
     for offset in tl.range(0, SPAN, BLOCK_C):
@@ -135,6 +136,8 @@ def soft_margin_forward_kernel(
             grad = grad * w
 
         if WRITE_LOSS:
+            if LOSS.dtype.element_ty.primitive_bitwidth == 16:
+                loss = loss.to(tl.float32)  # fp64 → half in two steps (Triton's interpreter mis-rounds one)
             tl.store(LOSS + rows[:, None] * C + cols[None, :], loss.to(LOSS.dtype.element_ty), mask=mask)
         if WRITE_PARTIAL:
             acc += tl.where(mask, loss, 0.0)
@@ -157,34 +160,37 @@ def soft_margin_scale_grad_kernel(
     stride_grad_col,
     stride_go_row,
     stride_go_col,
+    scale,
     SPAN: tl.constexpr,
     TILE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """GRAD *= GRAD_OUTPUT in place, touching only elements whose grad_output is not exactly 1.
+    """GRAD *= GRAD_OUTPUT · scale in place, touching only elements where that factor is not exactly 1.
 
     GRAD:        (R, C) stored gradient, float, any strides.
     GRAD_OUTPUT: (R, C) broadcast view of the loss's gradient (strides 0 for a scalar or per-row), float.
-    The common `loss.backward()` (grad_output == 1) thus moves no gradient bytes and needs no host sync.
+    scale: 1, or the reduction's factor when the forward left it out (fp16 gradients, see the host).
+    COMPUTE_DTYPE: float64 for a float64 GRAD, else float32.
+    The common `loss.backward()` (factor 1) thus moves no gradient bytes and needs no host sync.
     """
     row_block = tl.program_id(0)
     span_id = tl.program_id(1)
     rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
-    span_start = span_id * SPAN
+    span_start = span_id.to(tl.int64) * SPAN  # int64: one row may pass 2^31 elements
     span_end = tl.minimum(span_start + SPAN, C)
     for offset in tl.range(0, SPAN, BLOCK_C):
         cols = span_start + offset + tl.arange(0, BLOCK_C)
         mask = row_mask[:, None] & (cols < span_end)[None, :]
         cols = cols.to(tl.int64)
         go_ptrs = GRAD_OUTPUT + rows[:, None] * stride_go_row + cols[None, :] * stride_go_col
-        go = tl.load(go_ptrs, mask=mask, other=1).to(COMPUTE_DTYPE)
-        touch = mask & (go != 1.0)
+        factor = tl.load(go_ptrs, mask=mask, other=1).to(COMPUTE_DTYPE) * scale
+        touch = mask & (factor != 1.0)
         grad_ptrs = GRAD + rows[:, None] * stride_grad_row + cols[None, :] * stride_grad_col
         grad = tl.load(grad_ptrs, mask=touch, other=0).to(COMPUTE_DTYPE)
-        tl.store(grad_ptrs, (grad * go).to(GRAD.dtype.element_ty), mask=touch)
+        tl.store(grad_ptrs, (grad * factor).to(GRAD.dtype.element_ty), mask=touch)
 
 
 # The forward writes only fresh buffers, except in-place mode where GRAD aliases X: that variant restores

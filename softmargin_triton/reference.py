@@ -49,17 +49,17 @@ def soft_margin_reference(
     loss_form: LossForm,
     reduction: str,
     out_dtype: torch.dtype,
-    with_grad: bool,
+    grad_scale: float | None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Loss and input gradient of sigmoid-BCE over a (R, C) problem, in fp32 (fp64 for fp64 data).
+    """Loss and input gradient of sigmoid-BCE over a (R, C) problem, in fp32 (fp64 for fp64 logits).
 
     input (R, C) float logits; target (R, C) float, integer or bool; weight and pos_weight (R, C) float
     (broadcast views) or None. Returns the loss, (R,) for MLSM 'none', (R, C) for BCE 'none', else (),
-    in out_dtype, and the gradient of that reduced loss w.r.t. input in input's dtype (None unless
-    with_grad). The loss form decides where ±inf logits give NaN, as in the torch function it mirrors.
+    in out_dtype, and d(elementwise loss)/d(input) · grad_scale in input's dtype (None if grad_scale is
+    None; `reduction_grad_scale` gives the gradient of the reduced loss). The loss form decides where
+    ±inf logits give NaN, as in the torch function it mirrors.
     """
-    wide = torch.float64 in (input.dtype, out_dtype)
-    compute_dtype = torch.float64 if wide else torch.float32
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     x = input.to(compute_dtype)
     y = target.to(compute_dtype)
     log1p_e = torch.log1p(torch.exp(-x.abs()))
@@ -70,16 +70,15 @@ def soft_margin_reference(
     else:
         loss = (1 - y) * x + (positive - y + 1) * softplus_neg
     grad = None
-    if with_grad:
+    if grad_scale is not None:
         sigmoid = torch.sigmoid(x)
         grad = sigmoid - y if pos_weight is None else (positive + 1 - y) * sigmoid - positive
     if weight is not None:
         w = weight.to(compute_dtype)
         loss = loss * w
         grad = None if grad is None else grad * w
-    rows, cols = input.shape
     if grad is not None:
-        grad = (grad * reduction_grad_scale(loss_form, reduction, rows, cols)).to(input.dtype)
+        grad = (grad * grad_scale).to(input.dtype)
     if not (loss_form == "bce" and reduction == "none"):
-        loss = reduce_row_sums(loss.sum(dim=1), loss_form, reduction, cols)
+        loss = reduce_row_sums(loss.sum(dim=1), loss_form, reduction, input.shape[1])
     return loss.to(out_dtype), grad

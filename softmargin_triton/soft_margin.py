@@ -17,6 +17,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import _reduction
 
 from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
@@ -50,8 +51,9 @@ _INTEGER_TARGET_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torc
 # --------------------------------------------------------------------------------------------------------
 
 
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    return torch.float64 if torch.float64 in dtypes else torch.float32
+def _compute_dtype(dtype: torch.dtype):
+    """Kernel arithmetic: float64 for float64 logits, float32 for everything else."""
+    return triton.language.float64 if dtype == torch.float64 else triton.language.float32
 
 
 def _launch(autotuned, grid, *args, **constexprs) -> None:
@@ -72,6 +74,7 @@ def _soft_margin_forward_triton(
     weight: Tensor | None,
     pos_weight: Tensor | None,
     grad: Tensor | None,
+    grad_scale: float,
     loss_form: LossForm,
     reduction: str,
     out_dtype: torch.dtype,
@@ -79,10 +82,10 @@ def _soft_margin_forward_triton(
     rows, cols = input.shape
     span = kernels.span_for(cols)
     num_spans = triton.cdiv(cols, span)
-    compute_dtype = _compute_dtype(input.dtype, out_dtype)
     elementwise = loss_form == "bce" and reduction == "none"
     loss = input.new_empty((rows, cols), dtype=out_dtype) if elementwise else None
-    partial = None if elementwise else input.new_empty((rows, num_spans), dtype=compute_dtype)
+    partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    partial = None if elementwise else input.new_empty((rows, num_spans), dtype=partial_dtype)
     unused = input  # placeholder pointer for operands a constexpr flag switches off
     kernel = kernels.soft_margin_forward_into_logits if grad is input else kernels.soft_margin_forward
     _launch(
@@ -102,7 +105,7 @@ def _soft_margin_forward_triton(
         *(weight.stride() if weight is not None else (0, 0)),
         *(pos_weight.stride() if pos_weight is not None else (0, 0)),
         *(grad.stride() if grad is not None else (0, 0)),
-        reduction_grad_scale(loss_form, reduction, rows, cols),
+        grad_scale,
         SPAN=span,
         MLSM_FORM=loss_form == "mlsm",
         HAS_WEIGHT=weight is not None,
@@ -110,7 +113,7 @@ def _soft_margin_forward_triton(
         WRITE_GRAD=grad is not None,
         WRITE_LOSS=elementwise,
         WRITE_PARTIAL=not elementwise,
-        COMPUTE_DTYPE=triton.language.float64 if compute_dtype == torch.float64 else triton.language.float32,
+        COMPUTE_DTYPE=_compute_dtype(input.dtype),
     )
     if elementwise:
         return loss
@@ -118,10 +121,9 @@ def _soft_margin_forward_triton(
     return reduce_row_sums(partial.sum(dim=1), loss_form, reduction, cols).to(out_dtype)
 
 
-def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor) -> None:
+def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor, scale: float) -> None:
     rows, cols = grad.shape
     span = kernels.span_for(cols)
-    compute_dtype = _compute_dtype(grad.dtype, grad_output.dtype)
     _launch(
         kernels.soft_margin_scale_grad,
         _tile_grid(rows, span, triton.cdiv(cols, span)),
@@ -131,8 +133,9 @@ def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor) -> None:
         cols,
         *grad.stride(),
         *grad_output.stride(),
+        scale,
         SPAN=span,
-        COMPUTE_DTYPE=triton.language.float64 if compute_dtype == torch.float64 else triton.language.float32,
+        COMPUTE_DTYPE=_compute_dtype(grad.dtype),
     )
 
 
@@ -148,12 +151,14 @@ def soft_margin_forward(
     weight: Tensor | None,
     pos_weight: Tensor | None,
     grad: Tensor | None,
+    grad_scale: float,
     loss_form: str,
     reduction: str,
     out_dtype: torch.dtype,
     use_triton: bool,
 ) -> Tensor:
-    """Reduced sigmoid-BCE loss of a (R, C) problem; writes its input gradient into `grad` if given.
+    """Reduced sigmoid-BCE loss of a (R, C) problem; writes d(elementwise loss)/d(input) · grad_scale
+    into `grad` if given.
 
     input (R, C) float16/bfloat16/float32/float64 logits; target (R, C) float, integer or bool; weight and
     pos_weight (R, C) broadcast views or None; grad (R, C) in input's dtype, may be `input` itself.
@@ -162,10 +167,17 @@ def soft_margin_forward(
     """
     if use_triton:
         return _soft_margin_forward_triton(
-            input, target, weight, pos_weight, grad, loss_form, reduction, out_dtype
+            input, target, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype
         )
     loss, reference_grad = soft_margin_reference(
-        input, target, weight, pos_weight, loss_form, reduction, out_dtype, with_grad=grad is not None
+        input,
+        target,
+        weight,
+        pos_weight,
+        loss_form,
+        reduction,
+        out_dtype,
+        None if grad is None else grad_scale,
     )
     if grad is not None:
         grad.copy_(reference_grad)
@@ -173,26 +185,26 @@ def soft_margin_forward(
 
 
 @soft_margin_forward.register_fake
-def _(input, target, weight, pos_weight, grad, loss_form, reduction, out_dtype, use_triton):
+def _(input, target, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype, use_triton):
     rows, cols = input.shape
     shape = {"none": (rows,) if loss_form == "mlsm" else (rows, cols)}.get(reduction, ())
     return input.new_empty(shape, dtype=out_dtype)
 
 
 @torch.library.custom_op("softmargin_triton::soft_margin_scale_grad_", mutates_args=("grad",))
-def soft_margin_scale_grad_(grad: Tensor, grad_output: Tensor, use_triton: bool) -> None:
-    """grad *= grad_output in place; grad (R, C), grad_output broadcastable to it (a scalar, (R, 1), (R, C)).
-
-    The Triton kernel skips every element whose grad_output is exactly 1, deciding on the device.
+def soft_margin_scale_grad_(grad: Tensor, grad_output: Tensor, scale: float, use_triton: bool) -> None:
+    """grad *= grad_output · scale in place; grad (R, C), grad_output broadcastable to it (a scalar,
+    (R, 1) or (R, C)). The Triton kernel skips every element where that factor is exactly 1, deciding on
+    the device.
     """
     if use_triton:
-        _soft_margin_scale_grad_triton(grad, grad_output.expand(grad.shape))
+        _soft_margin_scale_grad_triton(grad, grad_output.expand(grad.shape), scale)
     else:
-        grad.mul_(grad_output)
+        grad.mul_(grad_output * scale)
 
 
 @soft_margin_scale_grad_.register_fake
-def _(grad, grad_output, use_triton):
+def _(grad, grad_output, scale, use_triton):
     return None
 
 
@@ -206,13 +218,27 @@ class _SoftMarginFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, input, target, weight, pos_weight, loss_form, reduction, out_dtype, use_triton, in_place
+        ctx, input, target, weight, pos_weight, loss_form, reduction, out_dtype, use_triton, grad_mode
     ):
+        # grad_mode: None (no gradient wanted), "new" (a fresh buffer) or "in_place" (over the logits).
         grad = None
-        if ctx.needs_input_grad[0]:
-            grad = input if in_place else torch.empty_like(input)
+        if grad_mode is not None:
+            grad = input if grad_mode == "in_place" else torch.empty_like(input)
+        scale = reduction_grad_scale(loss_form, reduction, *input.shape)
+        # fp16 cannot hold (σ - y)·w / numel: store it unscaled and apply the factor with grad_output
+        # (a GradScaler's large one included) in the backward, as torch does. Other dtypes fold it in.
+        forward_scale, ctx.backward_scale = (1.0, scale) if input.dtype == torch.float16 else (scale, 1.0)
         loss = soft_margin_forward(
-            input, target, weight, pos_weight, grad, loss_form, reduction, out_dtype, use_triton
+            input,
+            target,
+            weight,
+            pos_weight,
+            grad,
+            forward_scale,
+            loss_form,
+            reduction,
+            out_dtype,
+            use_triton,
         )
         ctx.save_for_backward(grad)
         ctx.use_triton = use_triton
@@ -220,11 +246,13 @@ class _SoftMarginFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss):
         # The scale is in place, so a second backward through the same graph (retain_graph=True) fails
         # autograd's saved-tensor version check instead of scaling twice.
         (grad,) = ctx.saved_tensors
-        soft_margin_scale_grad_(grad, grad_loss[:, None] if ctx.per_row else grad_loss, ctx.use_triton)
+        grad_output = grad_loss[:, None] if ctx.per_row else grad_loss
+        soft_margin_scale_grad_(grad, grad_output, ctx.backward_scale, ctx.use_triton)
         return grad, None, None, None, None, None, None, None, None
 
 
@@ -304,6 +332,10 @@ def _fused(
     if (weight is not None and weight_rows is None) or (pos_weight is not None and pos_weight_rows is None):
         return None
     use_triton = use_triton_for(input)
+    grad_mode = None
+    if torch.is_grad_enabled() and input.requires_grad:
+        # In place only over memory where every element is its own: a contiguous buffer.
+        grad_mode = "in_place" if grad_into_input and input_rows.is_contiguous() else "new"
     loss = _SoftMarginFunction.apply(
         input_rows,
         target_rows,
@@ -313,7 +345,7 @@ def _fused(
         reduction,
         out_dtype,
         use_triton,
-        grad_into_input,
+        grad_mode,
     )
     if reduction != "none":
         return loss
@@ -345,7 +377,8 @@ def multilabel_soft_margin_loss(
         size_average, reduce: deprecated, as in torch (with its warning).
         reduction: 'none' → input.shape[:-1]; 'mean' / 'sum' → ().
         grad_into_input: write the gradient over `input`'s memory instead of a new buffer (no extra
-            B×L allocation); `input` holds the gradient, not the logits, after the call. Off by default.
+            B×L allocation) when `input` is contiguous and needs a gradient; `input` then holds the
+            gradient, not the logits, after the call. Off by default.
 
     Returns:
         The loss in the type promotion of input, target and weight, as torch.
@@ -387,7 +420,8 @@ def binary_cross_entropy_with_logits(
         reduction: 'none' → input's shape; 'mean' (over all elements) / 'sum' → ().
         pos_weight: weight of the positive term, broadcastable to input (typically (C,)).
         grad_into_input: write the gradient over `input`'s memory instead of a new buffer (no extra
-            B×L allocation); `input` holds the gradient, not the logits, after the call. Off by default.
+            B×L allocation) when `input` is contiguous and needs a gradient; `input` then holds the
+            gradient, not the logits, after the call. Off by default.
 
     Returns:
         The loss in target's dtype, as torch (input's dtype for bool/uint8 targets); float32 under autocast,

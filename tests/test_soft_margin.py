@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import DEVICE, assert_close
 
 import softmargin_triton as st
-from softmargin_triton.reference import soft_margin_reference
+from softmargin_triton.reference import reduction_grad_scale, soft_margin_reference
 
 LOSSES = {
     "mlsm": (st.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss),
@@ -64,7 +64,14 @@ def reference_loss_and_grad(loss_form, x, target, weight=None, pos_weight=None, 
         return None if t is None else t.to(torch.float64).expand(shape).reshape(-1, cols)
 
     loss, grad = soft_margin_reference(
-        rows, as_rows(target), as_rows(weight), as_rows(pos_weight), loss_form, reduction, torch.float64, True
+        rows,
+        as_rows(target),
+        as_rows(weight),
+        as_rows(pos_weight),
+        loss_form,
+        reduction,
+        torch.float64,
+        reduction_grad_scale(loss_form, reduction, *rows.shape),
     )
     if go is not None and reduction == "none":
         grad = grad * (go.reshape(-1, 1) if loss_form == "mlsm" else go.reshape(-1, cols))
@@ -191,9 +198,10 @@ def test_output_dtype_like_torch(backend, loss_form, input_dtype, target_dtype, 
     loss, grad = loss_and_grad(ours, x, y, w)
     expected, expected_grad = loss_and_grad(theirs, x, y, w)
     assert (loss.dtype, grad.dtype) == (expected.dtype, expected_grad.dtype)
-    # torch rounds intermediates to the narrow dtype; compare both to the float64 truth instead.
+    # torch rounds intermediates to the narrow dtype; compare both to the float64 truth instead, at the
+    # precision of the coarser of the logits and the loss.
     truth, truth_grad = reference_loss_and_grad(loss_form, x, y, w)
-    assert_close(loss, truth)
+    assert_close(loss, truth, max((x.dtype, loss.dtype), key=lambda d: torch.finfo(d).eps))
     assert_close(grad, truth_grad)
 
 
@@ -333,6 +341,47 @@ def test_second_backward_through_scaled_gradient_raises(backend, loss_form):
         loss.backward()
 
 
+def test_grad_into_input_leaves_logits_alone_without_grad_mode(backend):
+    x, y = logits(3, 8), soft_targets(3, 8)
+    before = x.detach().clone()
+    with torch.no_grad():
+        st.multilabel_soft_margin_loss(x, y, grad_into_input=True)
+    assert torch.equal(x.detach(), before)
+
+
+def test_grad_into_input_on_overlapping_logits(backend):
+    """A broadcast (stride-0) logits view cannot take a gradient per element: a new buffer is used."""
+    leaf = logits(1, 6)
+    y = soft_targets(4, 6)
+    (ours,) = torch.autograd.grad(
+        st.binary_cross_entropy_with_logits(leaf.expand(4, 6), y, grad_into_input=True), leaf
+    )
+    (expected,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(leaf.expand(4, 6), y), leaf)
+    assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("loss_form", LOSSES)
+def test_double_backward_fails_loudly(backend, loss_form):
+    ours, _ = LOSSES[loss_form]
+    x, y = logits(3, 8), soft_targets(3, 8)
+    (grad,) = torch.autograd.grad(ours(x, y), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
+        torch.autograd.grad(grad.pow(2).sum(), x)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss_form", LOSSES)
+def test_fp16_gradient_survives_loss_scaling(backend, loss_form, reduction):
+    """(σ - y)·w / numel is below fp16's normal range; with a GradScaler-sized grad_output the fp16
+    gradient must come out as accurate as the float64 one rounded to fp16."""
+    ours, _ = LOSSES[loss_form]
+    x, y = logits(64, 1024, dtype=torch.float16), soft_targets(64, 1024)
+    _, grad = loss_and_grad(ours, x, y, reduction=reduction, grad_output=torch.tensor(4096.0, device=DEVICE))
+    _, expected_grad = reference_loss_and_grad(loss_form, x, y, reduction=reduction, go=torch.tensor(4096.0))
+    assert_close(grad, expected_grad, torch.float16)
+    assert (grad == 0).sum() <= (expected_grad.to(torch.float16) == 0).sum()
+
+
 def test_no_gradient_needed_writes_no_gradient(backend):
     x, y = logits(3, 8, requires_grad=False), soft_targets(3, 8)
     with torch.no_grad():
@@ -379,7 +428,16 @@ def test_forward_op_writes_every_gradient_element(loss_form):
     with st.use_backend("triton"):
         use_triton = st.backend.use_triton_for(x)
     loss = torch.ops.softmargin_triton.soft_margin_forward(
-        x, y, None, None, grad, loss_form, "sum", torch.float32, use_triton
+        x,
+        y,
+        None,
+        None,
+        grad,
+        reduction_grad_scale(loss_form, "sum", 4, 1000),
+        loss_form,
+        "sum",
+        torch.float32,
+        use_triton,
     )
     expected, expected_grad = reference_loss_and_grad(loss_form, x, y, reduction="sum")
     assert_close(loss, expected)
@@ -393,10 +451,11 @@ def test_backward_op_scales_by_elementwise_grad_output():
     go[1] = 2.0
     go[2, ::3] = float("nan")
     before = grad.clone()
-    torch.ops.softmargin_triton.soft_margin_scale_grad_(
-        grad, go, DEVICE == "cuda" or st.backend.TRITON_INTERPRETED
-    )
+    use_triton = DEVICE == "cuda" or st.backend.TRITON_INTERPRETED
+    torch.ops.softmargin_triton.soft_margin_scale_grad_(grad, go, 1.0, use_triton)
     assert_close(grad, before * go)
+    torch.ops.softmargin_triton.soft_margin_scale_grad_(grad, go, 0.25, use_triton)
+    assert_close(grad, before * go * go * 0.25)
 
 
 # --------------------------------------------------------------------------------------------------------
