@@ -64,7 +64,7 @@ def _launch(autotuned, grid, *args, **constexprs) -> None:
         autotuned[grid](*args, **constexprs)
 
 
-def _tile_grid(rows: int, span: int, num_spans: int):
+def _tile_grid(rows: int, num_spans: int):
     return lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]), num_spans)
 
 
@@ -90,7 +90,7 @@ def _soft_margin_forward_triton(
     kernel = kernels.soft_margin_forward_into_logits if grad is input else kernels.soft_margin_forward
     _launch(
         kernel,
-        _tile_grid(rows, span, num_spans),
+        _tile_grid(rows, num_spans),
         input,
         target,
         unused if weight is None else weight,
@@ -126,7 +126,7 @@ def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor, scale: flo
     span = kernels.span_for(cols)
     _launch(
         kernels.soft_margin_scale_grad,
-        _tile_grid(rows, span, triton.cdiv(cols, span)),
+        _tile_grid(rows, triton.cdiv(cols, span)),
         grad,
         grad_output,
         rows,
