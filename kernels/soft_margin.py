@@ -4,8 +4,12 @@ The forward reads each logit and target once and writes, in the same pass, the g
 and either the elementwise loss or one fp32 partial sum per (row, span). The backward kernel only scales that
 stored gradient by grad_output, and leaves untouched every element whose grad_output is exactly 1.
 
-Grid of both kernels: (cdiv(R, BLOCK_R), cdiv(C, SPAN)). SPAN is chosen by the host (it sizes the partial
+Grid of those two: (cdiv(R, BLOCK_R), cdiv(C, SPAN)). SPAN is chosen by the host (it sizes the partial
 buffer); the tile TILE = BLOCK_R × BLOCK_C is autotuned, so small C packs several rows into one program.
+
+Sparse targets (row-compressed positive labels): the forward runs without a target, scoring every label as
+a negative, and two small kernels with one program per row handle the positives — one rescores them from
+their logits before the forward runs, the other writes those values over the forward's afterwards.
 """
 
 import triton
@@ -30,6 +34,11 @@ def tile_configs() -> list[triton.Config]:
 # The config used where autotuning cannot benchmark (Triton's CPU interpreter).
 HEURISTIC_CONFIG = {"TILE": 1024, "num_warps": 4}
 
+# Positives handled per step by one program of the sparse-target kernels (a row has ~2–40 in XMC data);
+# these kernels touch O(nnz) bytes, so their launch config is fixed rather than tuned.
+POSITIVES_BLOCK = 32
+POSITIVES_WARPS = 1
+
 _tile_shape = triton.heuristics(
     {
         "BLOCK_C": lambda args: min(args["TILE"], args["SPAN"]),
@@ -43,6 +52,36 @@ def _log1p_small(e):
     """log(1 + e) for e in [0, 1], accurate where 1 + e rounds to 1 (Goldberg's correction)."""
     u = 1.0 + e
     return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+
+
+@triton.jit
+def _sigmoid_bce(x, y, p, MLSM_FORM: tl.constexpr, HAS_POS_WEIGHT: tl.constexpr):
+    """Unweighted elementwise loss and d loss / dx of sigmoid-BCE at logits x, targets y, pos_weight p."""
+    # softplus(±x) = max(±x, 0) + log1p(exp(-|x|)) and sigmoid(x) share one exp.
+    e = tl.exp(-tl.abs(x))
+    log1p_e = _log1p_small(e)
+    softplus_neg = tl.maximum(-x, 0.0) + log1p_e
+    sigmoid = tl.where(x >= 0, 1.0, e) / (1.0 + e)
+    positive = p * y if HAS_POS_WEIGHT else y
+    # The two torch formulas agree on finite logits and differ only in where ±inf logits give NaN.
+    if MLSM_FORM:  # MultiLabelSoftMarginLoss: p·y·softplus(-x) + (1-y)·softplus(x)
+        loss = positive * softplus_neg + (1.0 - y) * (tl.maximum(x, 0.0) + log1p_e)
+    else:  # BCEWithLogitsLoss: (1-y)·x + ((p-1)·y + 1)·softplus(-x)
+        loss = (1.0 - y) * x + (positive - y + 1.0) * softplus_neg
+    # d loss / dx = (p·y + 1 - y)·σ(x) - p·y, folded in full precision before the gradient is rounded.
+    if HAS_POS_WEIGHT:
+        grad = (positive + 1.0 - y) * sigmoid - positive
+    else:
+        grad = sigmoid - y
+    return loss, grad
+
+
+@triton.jit
+def _store_loss(ptrs, loss, mask):
+    """Store loss values in the pointers' dtype."""
+    if ptrs.dtype.element_ty.primitive_bitwidth == 16:
+        loss = loss.to(tl.float32)  # fp64 → half in two steps (Triton's interpreter mis-rounds one)
+    tl.store(ptrs, loss.to(ptrs.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -72,6 +111,7 @@ def soft_margin_forward_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     MLSM_FORM: tl.constexpr,
+    HAS_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_POS_WEIGHT: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
@@ -82,7 +122,8 @@ def soft_margin_forward_kernel(
     """Loss terms and gradient of sigmoid-BCE, one tile of rows × one span of columns per program.
 
     X:       (R, C) logits, float16/bfloat16/float32/float64, any strides.
-    Y:       (R, C) targets, float, integer or bool, any strides.
+    Y:       (R, C) targets, float, integer or bool, any strides; without HAS_TARGET not read and every
+             target is 0 (sparse targets: soft_margin_positives_kernel corrects the positives).
     W:       (R, C) weight (a broadcast view, strides may be 0), float; read only if HAS_WEIGHT.
     PW:      (R, C) pos_weight p (a broadcast view), float; read only if HAS_POS_WEIGHT.
     GRAD:    (R, C) gradient of the reduced loss, X's dtype; may alias X (read before written).
@@ -103,32 +144,19 @@ def soft_margin_forward_kernel(
         mask = row_mask[:, None] & (cols < span_end)[None, :]
         cols = cols.to(tl.int64)
         x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :] * stride_x_col, mask=mask, other=0)
-        y = tl.load(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask=mask, other=0)
         x = x.to(COMPUTE_DTYPE)
-        y = y.to(COMPUTE_DTYPE)
-
-        # softplus(±x) = max(±x, 0) + log1p(exp(-|x|)) and sigmoid(x) share one exp.
-        e = tl.exp(-tl.abs(x))
-        log1p_e = _log1p_small(e)
-        softplus_neg = tl.maximum(-x, 0.0) + log1p_e
-        sigmoid = tl.where(x >= 0, 1.0, e) / (1.0 + e)
+        if HAS_TARGET:
+            y = tl.load(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask=mask, other=0)
+            y = y.to(COMPUTE_DTYPE)
+        else:
+            y = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
+        p = 1.0
         if HAS_POS_WEIGHT:
             p = tl.load(
                 PW + rows[:, None] * stride_pw_row + cols[None, :] * stride_pw_col, mask=mask, other=1
             )
-            positive = p.to(COMPUTE_DTYPE) * y
-        else:
-            positive = y
-        # The two torch formulas agree on finite logits and differ only in where ±inf logits give NaN.
-        if MLSM_FORM:  # MultiLabelSoftMarginLoss: p·y·softplus(-x) + (1-y)·softplus(x)
-            loss = positive * softplus_neg + (1.0 - y) * (tl.maximum(x, 0.0) + log1p_e)
-        else:  # BCEWithLogitsLoss: (1-y)·x + ((p-1)·y + 1)·softplus(-x)
-            loss = (1.0 - y) * x + (positive - y + 1.0) * softplus_neg
-        # d loss / dx = (p·y + 1 - y)·σ(x) - p·y, folded in full precision before the gradient is rounded.
-        if HAS_POS_WEIGHT:
-            grad = (positive + 1.0 - y) * sigmoid - positive
-        else:
-            grad = sigmoid - y
+            p = p.to(COMPUTE_DTYPE)
+        loss, grad = _sigmoid_bce(x, y, p, MLSM_FORM, HAS_POS_WEIGHT)
         if HAS_WEIGHT:
             w = tl.load(W + rows[:, None] * stride_w_row + cols[None, :] * stride_w_col, mask=mask, other=0)
             w = w.to(COMPUTE_DTYPE)
@@ -136,9 +164,7 @@ def soft_margin_forward_kernel(
             grad = grad * w
 
         if WRITE_LOSS:
-            if LOSS.dtype.element_ty.primitive_bitwidth == 16:
-                loss = loss.to(tl.float32)  # fp64 → half in two steps (Triton's interpreter mis-rounds one)
-            tl.store(LOSS + rows[:, None] * C + cols[None, :], loss.to(LOSS.dtype.element_ty), mask=mask)
+            _store_loss(LOSS + rows[:, None] * C + cols[None, :], loss, mask)
         if WRITE_PARTIAL:
             acc += tl.where(mask, loss, 0.0)
         if WRITE_GRAD:
@@ -148,6 +174,109 @@ def soft_margin_forward_kernel(
     if WRITE_PARTIAL:
         num_spans = tl.cdiv(C, SPAN)
         tl.store(PARTIAL + rows * num_spans + span_id, tl.sum(acc, axis=1), mask=row_mask)
+
+
+@triton.jit
+def soft_margin_positives_kernel(
+    X,
+    INDPTR,
+    INDICES,
+    W,
+    PW,
+    POS_GRAD,
+    POS_LOSS,
+    ROW_CORRECTION,
+    stride_x_row,
+    stride_x_col,
+    stride_w_row,
+    stride_w_col,
+    stride_pw_row,
+    stride_pw_col,
+    grad_scale,
+    BLOCK_K: tl.constexpr,
+    MLSM_FORM: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_POS_WEIGHT: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+    WRITE_CORRECTION: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    """The sparse-target correction at each positive label, one row per program.
+
+    The forward kernel without HAS_TARGET scores every label as a negative. Here each positive (row, j)
+    is rescored with target 1 from its logit, which must run before that kernel may overwrite the logits.
+
+    X:              (R, C) logits, any strides.
+    INDPTR:         (R+1,) int64 row pointer; INDICES: (nnz,) int32/int64 label ids, each < C.
+    W, PW:          (R, C) broadcast views of weight and pos_weight, read if HAS_WEIGHT / HAS_POS_WEIGHT.
+    POS_GRAD:       (nnz,) gradient at each positive, GRAD's dtype, times grad_scale; written if WRITE_GRAD.
+    POS_LOSS:       (nnz,) weighted elementwise loss at each positive, the loss's dtype; if WRITE_LOSS.
+    ROW_CORRECTION: (R,) COMPUTE_DTYPE, Σ over the row's positives of (loss as positive − loss as
+                    negative), to add to the forward kernel's row sums; written if WRITE_CORRECTION.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    start = tl.load(INDPTR + row)
+    end = tl.load(INDPTR + row + 1)
+    acc = tl.zeros([BLOCK_K], COMPUTE_DTYPE)
+    for first in tl.range(start, end, BLOCK_K):
+        k = first + tl.arange(0, BLOCK_K)
+        mask = k < end
+        cols = tl.load(INDICES + k, mask=mask, other=0).to(tl.int64)
+        x = tl.load(X + row * stride_x_row + cols * stride_x_col, mask=mask, other=0).to(COMPUTE_DTYPE)
+        p = 1.0
+        if HAS_POS_WEIGHT:
+            p = tl.load(PW + row * stride_pw_row + cols * stride_pw_col, mask=mask, other=1).to(COMPUTE_DTYPE)
+        loss, grad = _sigmoid_bce(x, 1.0, p, MLSM_FORM, HAS_POS_WEIGHT)
+        if HAS_WEIGHT:
+            w = tl.load(W + row * stride_w_row + cols * stride_w_col, mask=mask, other=0).to(COMPUTE_DTYPE)
+            loss = loss * w
+            grad = grad * w
+        if WRITE_GRAD:
+            tl.store(POS_GRAD + k, (grad * grad_scale).to(POS_GRAD.dtype.element_ty), mask=mask)
+        if WRITE_LOSS:
+            _store_loss(POS_LOSS + k, loss, mask)
+        if WRITE_CORRECTION:
+            negative_loss, _ = _sigmoid_bce(x, 0.0, p, MLSM_FORM, HAS_POS_WEIGHT)
+            if HAS_WEIGHT:
+                negative_loss = negative_loss * w
+            acc += tl.where(mask, loss - negative_loss, 0.0)
+    if WRITE_CORRECTION:
+        tl.store(ROW_CORRECTION + row, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def soft_margin_scatter_positives_kernel(
+    INDPTR,
+    INDICES,
+    POS_GRAD,
+    POS_LOSS,
+    GRAD,
+    LOSS,
+    C,
+    stride_grad_row,
+    stride_grad_col,
+    BLOCK_K: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+):
+    """Write the positives kernel's per-positive values over the forward kernel's; one row per program.
+
+    INDPTR (R+1,) int64, INDICES (nnz,) int32/int64; POS_GRAD / POS_LOSS (nnz,) → GRAD (R, C) any strides /
+    LOSS (R, C) contiguous, same dtypes.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    start = tl.load(INDPTR + row)
+    end = tl.load(INDPTR + row + 1)
+    for first in tl.range(start, end, BLOCK_K):
+        k = first + tl.arange(0, BLOCK_K)
+        mask = k < end
+        cols = tl.load(INDICES + k, mask=mask, other=0).to(tl.int64)
+        if WRITE_GRAD:
+            grad = tl.load(POS_GRAD + k, mask=mask)
+            tl.store(GRAD + row * stride_grad_row + cols * stride_grad_col, grad, mask=mask)
+        if WRITE_LOSS:
+            tl.store(LOSS + row * C + cols, tl.load(POS_LOSS + k, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -195,12 +324,13 @@ def soft_margin_scale_grad_kernel(
 
 # The forward writes only fresh buffers, except in-place mode where GRAD aliases X: that variant restores
 # GRAD (hence X) after each benchmarked config. The scale kernel is in place by nature.
-soft_margin_forward = triton.autotune(
-    tile_configs(), key=["SPAN", "MLSM_FORM", "HAS_WEIGHT", "HAS_POS_WEIGHT"]
-)(_tile_shape(soft_margin_forward_kernel))
-soft_margin_forward_into_logits = triton.autotune(
-    tile_configs(), key=["SPAN", "MLSM_FORM", "HAS_WEIGHT", "HAS_POS_WEIGHT"], restore_value=["GRAD"]
-)(_tile_shape(soft_margin_forward_kernel))
+_FORWARD_KEY = ["SPAN", "MLSM_FORM", "HAS_TARGET", "HAS_WEIGHT", "HAS_POS_WEIGHT"]
+soft_margin_forward = triton.autotune(tile_configs(), key=_FORWARD_KEY)(
+    _tile_shape(soft_margin_forward_kernel)
+)
+soft_margin_forward_into_logits = triton.autotune(tile_configs(), key=_FORWARD_KEY, restore_value=["GRAD"])(
+    _tile_shape(soft_margin_forward_kernel)
+)
 soft_margin_scale_grad = triton.autotune(tile_configs(), key=["SPAN"], restore_value=["GRAD"])(
     _tile_shape(soft_margin_scale_grad_kernel)
 )

@@ -11,6 +11,7 @@ from softmargin_triton.soft_margin import (
     binary_cross_entropy_with_logits,
     multilabel_soft_margin_loss,
 )
+from softmargin_triton.sparse_targets import SparseTargets
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "BACKEND_ENV_VAR",
     "BCEWithLogitsLoss",
     "MultiLabelSoftMarginLoss",
+    "SparseTargets",
     "__version__",
     "binary_cross_entropy_with_logits",
     "current_backend",

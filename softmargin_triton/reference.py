@@ -9,7 +9,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["reduce_row_sums", "reduction_grad_scale", "soft_margin_reference"]
+from softmargin_triton.sparse_targets import positive_rows
+
+__all__ = [
+    "reduce_row_sums",
+    "reduction_grad_scale",
+    "soft_margin_reference",
+    "soft_margin_sparse_reference",
+]
 
 # Which torch loss a call mirrors: they share the math and differ in normalisation and ±inf behaviour.
 LossForm = Literal["mlsm", "bce"]
@@ -41,6 +48,37 @@ def reduce_row_sums(row_sums: Tensor, loss_form: LossForm, reduction: str, cols:
     return total / (row_sums.numel() * cols) if reduction == "mean" else total
 
 
+def _sigmoid_bce(
+    x: Tensor,
+    y: Tensor | float,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    loss_form: LossForm,
+    with_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Weighted elementwise loss and d loss / dx (None unless with_grad) in x's dtype; the kernels' math."""
+    log1p_e = torch.log1p(torch.exp(-x.abs()))
+    softplus_neg = torch.clamp_min(-x, 0) + log1p_e
+    positive = y if pos_weight is None else pos_weight.to(x.dtype) * y
+    if loss_form == "mlsm":
+        loss = positive * softplus_neg + (1 - y) * (torch.clamp_min(x, 0) + log1p_e)
+    else:
+        loss = (1 - y) * x + (positive - y + 1) * softplus_neg
+    grad = None
+    if with_grad:
+        sigmoid = torch.sigmoid(x)
+        grad = sigmoid - y if pos_weight is None else (positive + 1 - y) * sigmoid - positive
+    if weight is not None:
+        w = weight.to(x.dtype)
+        loss = loss * w
+        grad = None if grad is None else grad * w
+    return loss, grad
+
+
+def _compute_dtype(input: Tensor) -> torch.dtype:
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
 def soft_margin_reference(
     input: Tensor,
     target: Tensor,
@@ -59,26 +97,51 @@ def soft_margin_reference(
     None; `reduction_grad_scale` gives the gradient of the reduced loss). The loss form decides where
     ±inf logits give NaN, as in the torch function it mirrors.
     """
-    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    x = input.to(compute_dtype)
-    y = target.to(compute_dtype)
-    log1p_e = torch.log1p(torch.exp(-x.abs()))
-    softplus_neg = torch.clamp_min(-x, 0) + log1p_e
-    positive = y if pos_weight is None else pos_weight.to(compute_dtype) * y
-    if loss_form == "mlsm":
-        loss = positive * softplus_neg + (1 - y) * (torch.clamp_min(x, 0) + log1p_e)
-    else:
-        loss = (1 - y) * x + (positive - y + 1) * softplus_neg
-    grad = None
-    if grad_scale is not None:
-        sigmoid = torch.sigmoid(x)
-        grad = sigmoid - y if pos_weight is None else (positive + 1 - y) * sigmoid - positive
-    if weight is not None:
-        w = weight.to(compute_dtype)
-        loss = loss * w
-        grad = None if grad is None else grad * w
+    compute_dtype = _compute_dtype(input)
+    x, y = input.to(compute_dtype), target.to(compute_dtype)
+    loss, grad = _sigmoid_bce(x, y, weight, pos_weight, loss_form, grad_scale is not None)
     if grad is not None:
         grad = (grad * grad_scale).to(input.dtype)
     if not (loss_form == "bce" and reduction == "none"):
         loss = reduce_row_sums(loss.sum(dim=1), loss_form, reduction, input.shape[1])
+    return loss.to(out_dtype), grad
+
+
+def soft_margin_sparse_reference(
+    input: Tensor,
+    indptr: Tensor,
+    indices: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    loss_form: LossForm,
+    reduction: str,
+    out_dtype: torch.dtype,
+    grad_scale: float | None,
+) -> tuple[Tensor, Tensor | None]:
+    """`soft_margin_reference` for the binary target whose positives are given in compressed-row form.
+
+    indptr (R+1,) int64 and indices (nnz,) int32/int64 as in `SparseTargets`. Computed the kernels' way:
+    every label scored as a negative, then each positive rescored with target 1 — the row sums take the
+    difference — so it shares their behaviour exactly, down to non-finite logits.
+    """
+    compute_dtype = _compute_dtype(input)
+    x = input.to(compute_dtype)
+    rows, cols = positive_rows(indptr, indices.numel()), indices.to(torch.int64)
+    with_grad = grad_scale is not None
+    loss, grad = _sigmoid_bce(x, 0.0, weight, pos_weight, loss_form, with_grad)
+
+    def at_positives(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[rows, cols]
+
+    x_pos, w_pos = x[rows, cols], at_positives(weight)
+    pos_loss, pos_grad = _sigmoid_bce(x_pos, 1.0, w_pos, at_positives(pos_weight), loss_form, with_grad)
+    if grad is not None:
+        grad[rows, cols] = pos_grad
+        grad = (grad * grad_scale).to(input.dtype)
+    if loss_form == "bce" and reduction == "none":
+        loss[rows, cols] = pos_loss
+    else:
+        neg_loss, _ = _sigmoid_bce(x_pos, 0.0, w_pos, at_positives(pos_weight), loss_form, False)
+        row_sums = loss.sum(dim=1).index_add(0, rows, pos_loss - neg_loss)
+        loss = reduce_row_sums(row_sums, loss_form, reduction, input.shape[1])
     return loss.to(out_dtype), grad

@@ -1,8 +1,9 @@
 """Fused multi-label soft-margin and BCE-with-logits losses: PyTorch's semantics, one pass over the logits.
 
 Layers, bottom up:
-1. `soft_margin_forward` / `soft_margin_scale_grad_`: torch.library custom ops over a (R, C) view that
-   write into preallocated buffers; each runs the Triton kernels or the plain-torch reference.
+1. `soft_margin_forward` / `soft_margin_sparse_forward` (positives of a binary target as compressed
+   rows) / `soft_margin_scale_grad_`: torch.library custom ops over a (R, C) view that write into
+   preallocated buffers; each runs the Triton kernels or the plain-torch reference.
 2. `_SoftMarginFunction`: autograd. The forward writes the gradient of the reduced loss; the backward only
    scales it by grad_output, in place, and moves no bytes when grad_output is 1.
 3. `multilabel_soft_margin_loss` / `binary_cross_entropy_with_logits`: torch's signatures. They validate,
@@ -26,7 +27,9 @@ from softmargin_triton.reference import (
     reduce_row_sums,
     reduction_grad_scale,
     soft_margin_reference,
+    soft_margin_sparse_reference,
 )
+from softmargin_triton.sparse_targets import SparseTargets
 
 if TRITON_IMPORT_ERROR is None:
     import triton
@@ -68,6 +71,63 @@ def _tile_grid(rows: int, num_spans: int):
     return lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]), num_spans)
 
 
+def _forward_outputs(
+    input: Tensor, loss_form: LossForm, reduction: str, out_dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """(elementwise loss, per-(row, span) partial sums): the forward kernel's outputs, one of them None."""
+    rows, cols = input.shape
+    if loss_form == "bce" and reduction == "none":
+        return input.new_empty((rows, cols), dtype=out_dtype), None
+    partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    return None, input.new_empty((rows, triton.cdiv(cols, kernels.span_for(cols))), dtype=partial_dtype)
+
+
+def _launch_forward(
+    input: Tensor,
+    target: Tensor | None,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    grad: Tensor | None,
+    loss: Tensor | None,
+    partial: Tensor | None,
+    grad_scale: float,
+    loss_form: LossForm,
+) -> None:
+    """The tiled forward kernel; a None target scores every label as a negative (sparse targets)."""
+    rows, cols = input.shape
+    span = kernels.span_for(cols)
+    unused = input  # placeholder pointer for operands a constexpr flag switches off
+    kernel = kernels.soft_margin_forward_into_logits if grad is input else kernels.soft_margin_forward
+    _launch(
+        kernel,
+        _tile_grid(rows, triton.cdiv(cols, span)),
+        input,
+        unused if target is None else target,
+        unused if weight is None else weight,
+        unused if pos_weight is None else pos_weight,
+        unused if grad is None else grad,
+        unused if loss is None else loss,
+        unused if partial is None else partial,
+        rows,
+        cols,
+        *input.stride(),
+        *(target.stride() if target is not None else (0, 0)),
+        *(weight.stride() if weight is not None else (0, 0)),
+        *(pos_weight.stride() if pos_weight is not None else (0, 0)),
+        *(grad.stride() if grad is not None else (0, 0)),
+        grad_scale,
+        SPAN=span,
+        MLSM_FORM=loss_form == "mlsm",
+        HAS_TARGET=target is not None,
+        HAS_WEIGHT=weight is not None,
+        HAS_POS_WEIGHT=pos_weight is not None,
+        WRITE_GRAD=grad is not None,
+        WRITE_LOSS=loss is not None,
+        WRITE_PARTIAL=partial is not None,
+        COMPUTE_DTYPE=_compute_dtype(input.dtype),
+    )
+
+
 def _soft_margin_forward_triton(
     input: Tensor,
     target: Tensor,
@@ -79,46 +139,77 @@ def _soft_margin_forward_triton(
     reduction: str,
     out_dtype: torch.dtype,
 ) -> Tensor:
+    loss, partial = _forward_outputs(input, loss_form, reduction, out_dtype)
+    _launch_forward(input, target, weight, pos_weight, grad, loss, partial, grad_scale, loss_form)
+    if loss is not None:
+        return loss
+    # The partials are R × cdiv(C, 8192) numbers: reducing them in torch is deterministic and cheap.
+    return reduce_row_sums(partial.sum(dim=1), loss_form, reduction, input.shape[1]).to(out_dtype)
+
+
+def _soft_margin_sparse_forward_triton(
+    input: Tensor,
+    indptr: Tensor,
+    indices: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    grad: Tensor | None,
+    grad_scale: float,
+    loss_form: LossForm,
+    reduction: str,
+    out_dtype: torch.dtype,
+) -> Tensor:
     rows, cols = input.shape
-    span = kernels.span_for(cols)
-    num_spans = triton.cdiv(cols, span)
-    elementwise = loss_form == "bce" and reduction == "none"
-    loss = input.new_empty((rows, cols), dtype=out_dtype) if elementwise else None
-    partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    partial = None if elementwise else input.new_empty((rows, num_spans), dtype=partial_dtype)
-    unused = input  # placeholder pointer for operands a constexpr flag switches off
-    kernel = kernels.soft_margin_forward_into_logits if grad is input else kernels.soft_margin_forward
-    _launch(
-        kernel,
-        _tile_grid(rows, num_spans),
+    nnz = indices.numel()
+    loss, partial = _forward_outputs(input, loss_form, reduction, out_dtype)
+    pos_grad = None if grad is None else grad.new_empty(nnz)
+    pos_loss = None if loss is None else loss.new_empty(nnz)
+    correction = None if partial is None else partial.new_empty(rows)
+    unused = input
+    # The positives first: they read their logits, which the forward may overwrite with the gradient.
+    kernels.soft_margin_positives_kernel[(rows,)](
         input,
-        target,
+        indptr,
+        indices,
         unused if weight is None else weight,
         unused if pos_weight is None else pos_weight,
-        unused if grad is None else grad,
-        unused if loss is None else loss,
-        unused if partial is None else partial,
-        rows,
-        cols,
+        unused if pos_grad is None else pos_grad,
+        unused if pos_loss is None else pos_loss,
+        unused if correction is None else correction,
         *input.stride(),
-        *target.stride(),
         *(weight.stride() if weight is not None else (0, 0)),
         *(pos_weight.stride() if pos_weight is not None else (0, 0)),
-        *(grad.stride() if grad is not None else (0, 0)),
         grad_scale,
-        SPAN=span,
+        BLOCK_K=kernels.POSITIVES_BLOCK,
         MLSM_FORM=loss_form == "mlsm",
         HAS_WEIGHT=weight is not None,
         HAS_POS_WEIGHT=pos_weight is not None,
         WRITE_GRAD=grad is not None,
-        WRITE_LOSS=elementwise,
-        WRITE_PARTIAL=not elementwise,
+        WRITE_LOSS=loss is not None,
+        WRITE_CORRECTION=correction is not None,
         COMPUTE_DTYPE=_compute_dtype(input.dtype),
+        num_warps=kernels.POSITIVES_WARPS,
     )
-    if elementwise:
+    _launch_forward(input, None, weight, pos_weight, grad, loss, partial, grad_scale, loss_form)
+    if grad is not None or loss is not None:
+        kernels.soft_margin_scatter_positives_kernel[(rows,)](
+            indptr,
+            indices,
+            unused if pos_grad is None else pos_grad,
+            unused if pos_loss is None else pos_loss,
+            unused if grad is None else grad,
+            unused if loss is None else loss,
+            cols,
+            *(grad.stride() if grad is not None else (0, 0)),
+            BLOCK_K=kernels.POSITIVES_BLOCK,
+            WRITE_GRAD=grad is not None,
+            WRITE_LOSS=loss is not None,
+            num_warps=kernels.POSITIVES_WARPS,
+        )
+    if loss is not None:
         return loss
-    # The partials are R × cdiv(C, 8192) numbers: reducing them in torch is deterministic and cheap.
-    return reduce_row_sums(partial.sum(dim=1), loss_form, reduction, cols).to(out_dtype)
+    row_sums = partial.sum(dim=1) + correction
+    return reduce_row_sums(row_sums, loss_form, reduction, cols).to(out_dtype)
 
 
 def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor, scale: float) -> None:
@@ -184,11 +275,59 @@ def soft_margin_forward(
     return loss
 
 
+def _loss_shape(rows: int, cols: int, loss_form: str, reduction: str) -> tuple[int, ...]:
+    if reduction != "none":
+        return ()
+    return (rows,) if loss_form == "mlsm" else (rows, cols)
+
+
 @soft_margin_forward.register_fake
 def _(input, target, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype, use_triton):
-    rows, cols = input.shape
-    shape = {"none": (rows,) if loss_form == "mlsm" else (rows, cols)}.get(reduction, ())
-    return input.new_empty(shape, dtype=out_dtype)
+    return input.new_empty(_loss_shape(*input.shape, loss_form, reduction), dtype=out_dtype)
+
+
+@torch.library.custom_op("softmargin_triton::soft_margin_sparse_forward", mutates_args=("grad",))
+def soft_margin_sparse_forward(
+    input: Tensor,
+    indptr: Tensor,
+    indices: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    grad: Tensor | None,
+    grad_scale: float,
+    loss_form: str,
+    reduction: str,
+    out_dtype: torch.dtype,
+    use_triton: bool,
+) -> Tensor:
+    """`soft_margin_forward` for the binary target whose positives are indptr (R+1,) int64 and indices
+    (nnz,) int32/int64, in `SparseTargets`' canonical form; no (R, C) target is ever built.
+    """
+    if use_triton:
+        return _soft_margin_sparse_forward_triton(
+            input, indptr, indices, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype
+        )
+    loss, reference_grad = soft_margin_sparse_reference(
+        input,
+        indptr,
+        indices,
+        weight,
+        pos_weight,
+        loss_form,
+        reduction,
+        out_dtype,
+        None if grad is None else grad_scale,
+    )
+    if grad is not None:
+        grad.copy_(reference_grad)
+    return loss
+
+
+@soft_margin_sparse_forward.register_fake
+def _(
+    input, indptr, indices, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype, use_triton
+):
+    return input.new_empty(_loss_shape(*input.shape, loss_form, reduction), dtype=out_dtype)
 
 
 @torch.library.custom_op("softmargin_triton::soft_margin_scale_grad_", mutates_args=("grad",))
@@ -214,7 +353,10 @@ def _(grad, grad_output, scale, use_triton):
 
 
 class _SoftMarginFunction(torch.autograd.Function):
-    """Gradient for the logits only; callers route targets and weights that need one to torch."""
+    """Gradient for the logits only; callers route targets and weights that need one to torch.
+
+    target is a (R, C) tensor or a SparseTargets of shape (R, C).
+    """
 
     @staticmethod
     def forward(
@@ -228,18 +370,13 @@ class _SoftMarginFunction(torch.autograd.Function):
         # fp16 cannot hold (σ - y)·w / numel: store it unscaled and apply the factor with grad_output
         # (a GradScaler's large one included) in the backward, as torch does. Other dtypes fold it in.
         forward_scale, ctx.backward_scale = (1.0, scale) if input.dtype == torch.float16 else (scale, 1.0)
-        loss = soft_margin_forward(
-            input,
-            target,
-            weight,
-            pos_weight,
-            grad,
-            forward_scale,
-            loss_form,
-            reduction,
-            out_dtype,
-            use_triton,
-        )
+        options = (grad, forward_scale, loss_form, reduction, out_dtype, use_triton)
+        if isinstance(target, SparseTargets):
+            loss = soft_margin_sparse_forward(
+                input, target.indptr, target.indices, weight, pos_weight, *options
+            )
+        else:
+            loss = soft_margin_forward(input, target, weight, pos_weight, *options)
         ctx.save_for_backward(grad)
         ctx.use_triton = use_triton
         ctx.per_row = loss_form == "mlsm" and reduction == "none"
@@ -275,6 +412,16 @@ def _check_logits(name: str, input: Tensor) -> None:
         raise NotImplementedError(f"{name}: input must hold floating-point logits, got dtype {input.dtype}")
 
 
+def _check_sparse_target(name: str, input: Tensor, target: SparseTargets) -> None:
+    if target.shape != input.shape:
+        raise ValueError(
+            f"{name}: SparseTargets of shape {tuple(target.shape)} needs input of that "
+            f"shape, got {tuple(input.shape)}"
+        )
+    if target.device != input.device:
+        raise RuntimeError(f"{name}: SparseTargets on {target.device}, input on {input.device}")
+
+
 def _broadcast_operand(name: str, operand: Tensor, shape: torch.Size) -> None:
     """Raise torch's RuntimeError, naming the operand, if it cannot broadcast with the input."""
     try:
@@ -300,7 +447,7 @@ def _rows_view(tensor: Tensor, shape: torch.Size, cols: int) -> Tensor | None:
 def _fused(
     loss_form: LossForm,
     input: Tensor,
-    target: Tensor,
+    target: Tensor | SparseTargets,
     weight: Tensor | None,
     pos_weight: Tensor | None,
     reduction: str,
@@ -308,23 +455,26 @@ def _fused(
     grad_into_input: bool,
 ) -> Tensor | None:
     """The loss through the fused op, or None where that cannot serve the call exactly."""
-    operands = [t for t in (target, weight, pos_weight) if t is not None]
+    sparse = isinstance(target, SparseTargets)
+    weights = [t for t in (weight, pos_weight) if t is not None]
+    differentiable = weights if sparse else [target, *weights]
     if (
         input.numel() == 0
         or input.dtype not in _FLOAT_DTYPES
         or target.shape != input.shape
-        or not (target.dtype in _FLOAT_DTYPES or target.dtype in _INTEGER_TARGET_DTYPES)
-        or any(t.device != input.device for t in operands)
-        or any(t.dtype not in _FLOAT_DTYPES for t in operands[1:])
-        or (torch.is_grad_enabled() and any(t.requires_grad for t in operands))
+        or not (sparse or target.dtype in _FLOAT_DTYPES or target.dtype in _INTEGER_TARGET_DTYPES)
+        or any(t.device != input.device for t in [target, *weights])
+        or any(t.dtype not in _FLOAT_DTYPES for t in weights)
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
     ):
         return None
     shape = input.shape
     cols = shape[-1] if input.dim() > 0 else 1
-    for t in operands[1:]:
+    for t in weights:
         if torch.broadcast_shapes(t.shape, shape) != shape:  # a weight that broadcasts beyond the input
             return None
-    input_rows, target_rows = _rows_view(input, shape, cols), _rows_view(target, shape, cols)
+    input_rows = _rows_view(input, shape, cols)
+    target_rows = target if sparse else _rows_view(target, shape, cols)  # sparse: input is (R, C) already
     weight_rows = None if weight is None else _rows_view(weight, shape, cols)
     pos_weight_rows = None if pos_weight is None else _rows_view(pos_weight, shape, cols)
     if input_rows is None or target_rows is None:
@@ -359,7 +509,7 @@ def _promote(dtype: torch.dtype, operand: Tensor) -> torch.dtype:
 
 def multilabel_soft_margin_loss(
     input: Tensor,
-    target: Tensor,
+    target: Tensor | SparseTargets,
     weight: Tensor | None = None,
     size_average: bool | None = None,
     reduce: bool | None = None,
@@ -371,8 +521,9 @@ def multilabel_soft_margin_loss(
 
     Args:
         input: (C,), (N, C) or (..., C) float16/bfloat16/float32/float64 logits.
-        target: input's shape; float (soft or outside [0, 1] too), integer, or (an extension) bool/uint8
-            at 1 byte per element.
+        target: input's shape; float (soft or outside [0, 1] too), integer, or (extensions) bool/uint8
+            at 1 byte per element, or a `SparseTargets` of input's (N, C) shape — the binary target's
+            positive labels, with no (N, C) target ever built.
         weight: per-class or per-element weight broadcastable to input: (C,), (1, C), (N, C), (N, 1), ().
         size_average, reduce: deprecated, as in torch (with its warning).
         reduction: 'none' → input.shape[:-1]; 'mean' / 'sum' → ().
@@ -381,19 +532,25 @@ def multilabel_soft_margin_loss(
             gradient, not the logits, after the call. Off by default.
 
     Returns:
-        The loss in the type promotion of input, target and weight, as torch.
+        The loss in the type promotion of input, target and weight, as torch (a SparseTargets counts as
+        a target of input's dtype).
     """
     reduction = _resolve_reduction(size_average, reduce, reduction)
     _check_logits("multilabel_soft_margin_loss", input)
     if weight is not None:
         _broadcast_operand("weight", weight, input.shape)
-    out_dtype = torch.promote_types(input.dtype, target.dtype)
+    if isinstance(target, SparseTargets):
+        _check_sparse_target("multilabel_soft_margin_loss", input, target)
+    target_dtype = input.dtype if isinstance(target, SparseTargets) else target.dtype
+    out_dtype = torch.promote_types(input.dtype, target_dtype)
     if weight is not None:
         out_dtype = _promote(out_dtype, weight)
     if input.dim() > 0:
         loss = _fused("mlsm", input, target, weight, None, reduction, out_dtype, grad_into_input)
         if loss is not None:
             return loss
+    if isinstance(target, SparseTargets):  # calls the fused op cannot serve (see _fused) go dense
+        target = target.to_dense(input.dtype)
     if target.dtype == torch.bool:  # torch has no `1 - bool`; the value is the same as a 0/1 float target
         target = target.to(out_dtype)
     return F.multilabel_soft_margin_loss(input, target, weight, reduction=reduction)
@@ -401,7 +558,7 @@ def multilabel_soft_margin_loss(
 
 def binary_cross_entropy_with_logits(
     input: Tensor,
-    target: Tensor,
+    target: Tensor | SparseTargets,
     weight: Tensor | None = None,
     size_average: bool | None = None,
     reduce: bool | None = None,
@@ -414,7 +571,9 @@ def binary_cross_entropy_with_logits(
 
     Args:
         input: any shape, float16/bfloat16/float32/float64 logits.
-        target: input's shape; float, or (an extension) bool/uint8 at 1 byte per element.
+        target: input's shape; float, or (extensions) bool/uint8 at 1 byte per element, or a
+            `SparseTargets` of input's (N, C) shape — the binary target's positive labels, with no
+            (N, C) target ever built.
         weight: broadcastable to input.
         size_average, reduce: deprecated, as in torch (with its warning).
         reduction: 'none' → input's shape; 'mean' (over all elements) / 'sum' → ().
@@ -424,25 +583,29 @@ def binary_cross_entropy_with_logits(
             gradient, not the logits, after the call. Off by default.
 
     Returns:
-        The loss in target's dtype, as torch (input's dtype for bool/uint8 targets); float32 under autocast,
-        where torch runs this loss in float32.
+        The loss in target's dtype, as torch (input's dtype for bool/uint8 and sparse targets); float32
+        under autocast, where torch runs this loss in float32.
     """
     reduction = _resolve_reduction(size_average, reduce, reduction)
     _check_logits("binary_cross_entropy_with_logits", input)
-    if target.size() != input.size():
-        raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
+    if target.shape != input.shape:
+        raise ValueError(f"Target size ({target.shape}) must be the same as input size ({input.size()})")
     for name, operand in (("weight", weight), ("pos_weight", pos_weight)):
         if operand is not None:
             _broadcast_operand(name, operand, input.shape)
-    compact_target = target.dtype in (torch.bool, torch.uint8)
+    if isinstance(target, SparseTargets):
+        _check_sparse_target("binary_cross_entropy_with_logits", input, target)
+    compact_target = isinstance(target, SparseTargets) or target.dtype in (torch.bool, torch.uint8)
     out_dtype = input.dtype if compact_target else target.dtype
     if torch.is_autocast_enabled(input.device.type) and out_dtype != torch.float64:
         out_dtype = torch.float32  # autocast runs this loss in float32 (float64 left alone)
-    if target.is_floating_point() or compact_target:  # torch rejects other integer targets: let it say so
+    if compact_target or target.is_floating_point():  # torch rejects other integer targets: let it say so
         loss = _fused("bce", input, target, weight, pos_weight, reduction, out_dtype, grad_into_input)
         if loss is not None:
             return loss
-    if compact_target:
+    if isinstance(target, SparseTargets):  # calls the fused op cannot serve (see _fused) go dense
+        target = target.to_dense(input.dtype)
+    elif compact_target:
         target = target.to(input.dtype)
     return F.binary_cross_entropy_with_logits(
         input, target, weight, reduction=reduction, pos_weight=pos_weight
@@ -457,14 +620,14 @@ def binary_cross_entropy_with_logits(
 class MultiLabelSoftMarginLoss(nn.MultiLabelSoftMarginLoss):
     """`torch.nn.MultiLabelSoftMarginLoss` (same constructor, `weight` buffer, state_dict), fused."""
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor | SparseTargets) -> Tensor:
         return multilabel_soft_margin_loss(input, target, weight=self.weight, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
     """`torch.nn.BCEWithLogitsLoss` (same constructor, `weight`/`pos_weight` buffers, state_dict), fused."""
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor | SparseTargets) -> Tensor:
         return binary_cross_entropy_with_logits(
             input, target, self.weight, pos_weight=self.pos_weight, reduction=self.reduction
         )

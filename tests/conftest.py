@@ -1,4 +1,5 @@
-"""Shared test setup: where the kernels run, NaN-poisoned allocations, per-dtype comparison.
+"""Shared test setup: where the kernels run, NaN-poisoned allocations, per-dtype comparison, the backend
+fixture, random data and the float64 oracle.
 
 Without CUDA the Triton kernels run on CPU under Triton's interpreter, which must be switched on before
 triton is first imported; with CUDA they run compiled, and every test tensor lives on the GPU.
@@ -8,9 +9,14 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# These import triton, so they follow the TRITON_INTERPRET switch.
+import softmargin_triton as st
+from softmargin_triton.reference import reduction_grad_scale, soft_margin_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -48,6 +54,74 @@ def poisoned_allocations():
     torch.utils.deterministic.fill_uninitialized_memory = previous[1]
 
 
+LOSSES = {
+    "mlsm": (st.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss),
+    "bce": (st.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits),
+}
+REDUCTIONS = ("none", "mean", "sum")
+BACKENDS = ("torch", "triton")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, poisoned_allocations):
+    with st.use_backend(request.param):
+        yield request.param
+
+
+def logits(*shape, dtype=torch.float32, requires_grad=True):
+    x = (torch.randn(shape, device=DEVICE, dtype=torch.float64) * 3).to(dtype)
+    return x.requires_grad_(requires_grad)
+
+
+def soft_targets(*shape, dtype=torch.float32):
+    return torch.rand(shape, device=DEVICE, dtype=torch.float64).to(dtype)
+
+
+def binary_targets(*shape, dtype=torch.float32):
+    return (torch.rand(shape, device=DEVICE) < 0.3).to(dtype)
+
+
+def random_grad_output(loss):
+    return torch.rand_like(loss) + 0.5  # never exactly 1, so the backward kernel must scale every element
+
+
+def loss_and_grad(fn, x, *args, grad_output=None, **kwargs):
+    """(loss, d(loss·grad_output)/dx) for a fresh leaf copy of x."""
+    x = x.detach().clone().requires_grad_(True)
+    loss = fn(x, *args, **kwargs)
+    go = torch.ones_like(loss) if grad_output is None else grad_output
+    (grad,) = torch.autograd.grad(loss, x, go)
+    return loss, grad
+
+
+def reference_loss_and_grad(loss_form, x, target, weight=None, pos_weight=None, reduction="mean", go=None):
+    """Float64 oracle via the reference over a (R, C) view, reshaped to torch's output shapes."""
+    shape = x.shape
+    cols = shape[-1] if x.dim() else 1
+    rows = x.detach().to(torch.float64).reshape(-1, cols)
+
+    def as_rows(t):
+        return None if t is None else t.to(torch.float64).expand(shape).reshape(-1, cols)
+
+    loss, grad = soft_margin_reference(
+        rows,
+        as_rows(target),
+        as_rows(weight),
+        as_rows(pos_weight),
+        loss_form,
+        reduction,
+        torch.float64,
+        reduction_grad_scale(loss_form, reduction, *rows.shape),
+    )
+    if go is not None and reduction == "none":
+        grad = grad * (go.reshape(-1, 1) if loss_form == "mlsm" else go.reshape(-1, cols))
+    elif go is not None:
+        grad = grad * go
+    if reduction == "none":
+        loss = loss.reshape(shape[:-1] if loss_form == "mlsm" else shape)
+    return loss, grad.reshape(shape)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -55,3 +129,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def zipf_label_lists(rows: int, num_labels: int, max_positives: int = 40) -> list[list[int]]:
+    """Positive labels per row as XMC data has them: 0–max_positives per row (every fourth row empty),
+    label frequencies following Zipf's law with exponent 1 over a random ranking of the labels, repeats
+    within a row left in (the constructors collapse them)."""
+    ranking = torch.randperm(num_labels)
+    frequency = 1.0 / torch.arange(1, num_labels + 1, dtype=torch.float64)
+    counts = torch.randint(0, max_positives + 1, (rows,))
+    counts[::4] = 0
+    lists = []
+    for count in counts.tolist():
+        draws = (
+            torch.multinomial(frequency, count, replacement=True)
+            if count
+            else torch.empty(0, dtype=torch.int64)
+        )
+        lists.append(ranking[draws].tolist())
+    return lists

@@ -9,78 +9,21 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, assert_close
+from conftest import (
+    DEVICE,
+    LOSSES,
+    REDUCTIONS,
+    assert_close,
+    binary_targets,
+    logits,
+    loss_and_grad,
+    random_grad_output,
+    reference_loss_and_grad,
+    soft_targets,
+)
 
 import softmargin_triton as st
-from softmargin_triton.reference import reduction_grad_scale, soft_margin_reference
-
-LOSSES = {
-    "mlsm": (st.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss),
-    "bce": (st.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits),
-}
-REDUCTIONS = ("none", "mean", "sum")
-BACKENDS = ("torch", "triton")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, poisoned_allocations):
-    with st.use_backend(request.param):
-        yield request.param
-
-
-def logits(*shape, dtype=torch.float32, requires_grad=True):
-    x = (torch.randn(shape, device=DEVICE, dtype=torch.float64) * 3).to(dtype)
-    return x.requires_grad_(requires_grad)
-
-
-def soft_targets(*shape, dtype=torch.float32):
-    return torch.rand(shape, device=DEVICE, dtype=torch.float64).to(dtype)
-
-
-def binary_targets(*shape, dtype=torch.float32):
-    return (torch.rand(shape, device=DEVICE) < 0.3).to(dtype)
-
-
-def random_grad_output(loss):
-    return torch.rand_like(loss) + 0.5  # never exactly 1, so the backward kernel must scale every element
-
-
-def loss_and_grad(fn, x, *args, grad_output=None, **kwargs):
-    """(loss, d(loss·grad_output)/dx) for a fresh leaf copy of x."""
-    x = x.detach().clone().requires_grad_(True)
-    loss = fn(x, *args, **kwargs)
-    go = torch.ones_like(loss) if grad_output is None else grad_output
-    (grad,) = torch.autograd.grad(loss, x, go)
-    return loss, grad
-
-
-def reference_loss_and_grad(loss_form, x, target, weight=None, pos_weight=None, reduction="mean", go=None):
-    """Float64 oracle via the reference over a (R, C) view, reshaped to torch's output shapes."""
-    shape = x.shape
-    cols = shape[-1] if x.dim() else 1
-    rows = x.detach().to(torch.float64).reshape(-1, cols)
-
-    def as_rows(t):
-        return None if t is None else t.to(torch.float64).expand(shape).reshape(-1, cols)
-
-    loss, grad = soft_margin_reference(
-        rows,
-        as_rows(target),
-        as_rows(weight),
-        as_rows(pos_weight),
-        loss_form,
-        reduction,
-        torch.float64,
-        reduction_grad_scale(loss_form, reduction, *rows.shape),
-    )
-    if go is not None and reduction == "none":
-        grad = grad * (go.reshape(-1, 1) if loss_form == "mlsm" else go.reshape(-1, cols))
-    elif go is not None:
-        grad = grad * go
-    if reduction == "none":
-        loss = loss.reshape(shape[:-1] if loss_form == "mlsm" else shape)
-    return loss, grad.reshape(shape)
-
+from softmargin_triton.reference import reduction_grad_scale
 
 # --------------------------------------------------------------------------------------------------------
 # Equal to torch: values, shapes, dtypes and gradients
