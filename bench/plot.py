@@ -1,8 +1,9 @@
-"""Plots of a sweep CSV written by bench/sweep.py: time, memory and % of copy bandwidth vs label count.
+"""Plots of the sweep CSVs written by bench/sweep.py: time, memory and % of copy bandwidth vs label count.
 
     python bench/plot.py [FOLDER_OR_CSV ...]     (default: bench-out)
 
-One PNG per (metric, target dtype) next to each CSV, fwd+bwd ('full' mode), one line per provider.
+PNGs next to each CSV, fwd+bwd ('full' mode). Dense sweep: one PNG per (metric, target dtype), one line
+per provider. Sparse sweep: one PNG per metric, one line per (provider, target).
 """
 
 import argparse
@@ -18,7 +19,8 @@ import pandas as pd
 METRICS = {
     "time": ("fwd+bwd time (ms)", True),
     "memory": ("peak extra memory (MB)", True),
-    "roofline": ("% of copy bandwidth", False),
+    "target_memory": ("target memory (MB)", True),
+    "roofline": ("% of copy bandwidth (minimal bytes)", False),
 }
 
 
@@ -26,36 +28,43 @@ def plot_csv(path: Path) -> list[Path]:
     frame = pd.read_csv(path)
     frame = frame[frame["mode"] == "full"]
     config = frame["extra_config"].map(json.loads)
+    sparse = frame["kernel"].str.endswith("_sparse")
     frame = frame.assign(
         target_dtype=config.map(lambda c: c["target_dtype"]),
         dtype=config.map(lambda c: c["dtype"]),
         batch=config.map(lambda c: c["batch"]),
+        # The dense sweep draws one figure per target dtype, the sparse sweep all targets in one.
+        figure=config.map(lambda c: c["target_dtype"]).where(~sparse, "all"),
+        line=frame["provider"].where(
+            ~sparse, frame["provider"] + " (" + config.map(lambda c: c["target_dtype"]) + ")"
+        ),
     )
     written = []
-    for (metric, target_dtype), group in frame.groupby(["metric", "target_dtype"]):
+    for (kernel, metric, figure), group in frame.groupby(["kernel", "metric", "figure"]):
         if metric not in METRICS:
             continue
         label, log_y = METRICS[metric]
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for provider, line in group.groupby("provider"):
+        for name, line in group.groupby("line"):
             line = line.sort_values("x_value")
-            ax.plot(line["x_value"], line["y_50"], marker="o", label=provider)
+            ax.plot(line["x_value"], line["y_50"], marker="o", label=name)
             if line["y_20"].notna().all():
                 ax.fill_between(line["x_value"], line["y_20"], line["y_80"], alpha=0.2)
         ax.set_xscale("log", base=2)
         if log_y:
             ax.set_yscale("log")
         first = group.iloc[0]
+        targets = "sparse positives vs dense" if figure == "all" else f"{figure}"
         ax.set_title(
-            f"multilabel soft-margin loss, fwd+bwd — {first['gpu_name']}\n"
-            f"{first['dtype']} logits, {target_dtype} targets, B={first['batch']}"
+            f"{kernel}, fwd+bwd — {first['gpu_name']}\n"
+            f"{first['dtype']} logits, {targets} targets, B={first['batch']}"
         )
         ax.set_xlabel("labels L")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        out = path.parent / f"{path.stem}_{metric}_{target_dtype}.png"
+        out = path.parent / f"{path.stem}_{metric}_{figure}.png"
         fig.savefig(out, dpi=120)
         plt.close(fig)
         written.append(out)

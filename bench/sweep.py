@@ -1,9 +1,13 @@
-"""Benchmark sweep of the fused losses against PyTorch: a long-format CSV, one row per measurement.
+"""Benchmark sweeps of the fused losses against PyTorch: long-format CSVs, one row per measurement.
 
-    python bench/sweep.py [--out DIR] [--labels 1024 4096 ...] [--batch B] [--providers ...]
+    python bench/sweep.py [--out DIR] [--sweeps dense sparse] [--labels ...] [--batch B] [--providers ...]
 
-On a CUDA machine the defaults are B=4096, bf16 logits, L = 2^14 … 2^20; on CPU a small sweep of the
-CPU paths (B=64, fp32, L up to 2^14) that finishes in about a minute. Plot with bench/plot.py.
+dense:  multilabel_soft_margin_loss over a dense (B, L) target, per target dtype.
+sparse: the same loss with Zipf-distributed positive labels (~5.45 per row, as Amazon-670K): ours with
+        SparseTargets, against ours and torch's losses on the dense equivalent.
+On a CUDA machine the defaults are B=4096, bf16 logits, L = 2^14 … 2^20 (dense) and L ∈ {131072, 670091,
+2^21} (sparse); on CPU a small sweep of the CPU paths (B=64, fp32, L up to 2^14) that takes about a minute.
+Each sweep writes <sweep>_sweep.csv; plot with bench/plot.py.
 """
 
 import argparse
@@ -30,9 +34,12 @@ PROVIDERS: dict[str, Callable] = {
     "torch-mlsm-compile": torch.compile(F.multilabel_soft_margin_loss),
     "torch-bce-compile": torch.compile(F.binary_cross_entropy_with_logits),
 }
+SWEEPS = ("dense", "sparse")
+SPARSE_DEFAULT_PROVIDERS = ["softmargin-triton", "torch-mlsm", "torch-bce"]
 MODES = ("forward", "backward", "full")
 QUANTILES = (0.5, 0.2, 0.8)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "uint8": torch.uint8}
+POSITIVES_PER_ROW = 5.45  # Amazon-670K's average
 
 
 def git_commit() -> str:
@@ -68,16 +75,27 @@ def copy_bandwidth_gbs(device: str) -> float:
     return 2 * src.numel() / ms / 1e6
 
 
-def measure(provider: str, mode: str, batch: int, labels: int, dtype, target_dtype, device: str):
-    """(time quantiles in ms, peak extra memory in bytes or None) of one provider on one shape."""
-    loss_fn = PROVIDERS[provider]
-    x = torch.randn(batch, labels, device=device, dtype=dtype).requires_grad_(True)
-    y = (torch.rand(batch, labels, device=device) < 0.01).to(target_dtype)
-    if not provider.startswith("softmargin") and target_dtype == torch.uint8:
-        y = y.to(dtype)  # torch's losses take float targets only; the conversion is timed outside
+def zipf_targets(batch: int, labels: int, device: str) -> st.SparseTargets:
+    """Poisson(5.45) positives per row from Zipf(1) label frequencies (repeats within a row collapse)."""
+    counts = torch.poisson(torch.full((batch,), POSITIVES_PER_ROW, device=device)).long()
+    width = max(int(counts.max()), 1)
+    frequency = 1.0 / torch.arange(1, labels + 1, dtype=torch.float32, device=device)
+    padded = torch.multinomial(frequency, batch * width, replacement=True).view(batch, width)
+    padded[torch.arange(width, device=device) >= counts[:, None]] = -1
+    return st.SparseTargets.from_padded(padded, labels)
+
+
+def target_bytes(target: torch.Tensor | st.SparseTargets) -> int:
+    if isinstance(target, st.SparseTargets):
+        return target.indptr.nbytes + target.indices.nbytes
+    return target.nbytes
+
+
+def measure(loss_fn: Callable, mode: str, x: torch.Tensor, target, device: str):
+    """(time quantiles in ms, peak extra memory in bytes or None) of one loss on one problem."""
 
     def forward():
-        return loss_fn(x, y)
+        return loss_fn(x, target)
 
     def full():
         x.grad = None  # a fresh .grad each step, as after optimizer.zero_grad(): no accumulation pass
@@ -103,27 +121,146 @@ def measure(provider: str, mode: str, batch: int, labels: int, dtype, target_dty
     return time_ms(fn, device), peak
 
 
+def cases(sweep: str, targets: list[str], providers: list[str], dtype: str) -> list[tuple[str, str]]:
+    """(target, provider) pairs of a sweep. Sparse sweep: ours on SparseTargets and on each dense target
+    dtype, torch's losses on the dense target in the logits' dtype (they take float targets only)."""
+    if sweep == "dense":
+        return [(target, provider) for target in targets for provider in providers]
+    ours = "softmargin-triton"
+    pairs = [("sparse", ours), *((target, ours) for target in targets)] if ours in providers else []
+    return pairs + [(dtype, provider) for provider in providers if provider != ours]
+
+
+def result_rows(
+    row: dict, measured, target_mb: float, element_bytes: float, elements: int, copy_gbs: float
+) -> list[dict]:
+    (t50, t20, t80), peak = measured
+    rows = [{**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80}]
+    if peak is not None:
+        rows.append({**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20})
+    if row["mode"] == "full":
+        rows.append({**row, "metric": "target_memory", "unit": "MB", "y_50": target_mb})
+        gbs = [elements * element_bytes / t / 1e6 for t in (t50, t80, t20)]
+        rows.append(
+            {**row, "metric": "bandwidth", "unit": "GB/s", "y_50": gbs[0], "y_20": gbs[1], "y_80": gbs[2]}
+        )
+        percent = [100 * g / copy_gbs for g in gbs]
+        rows.append(
+            {
+                **row,
+                "metric": "roofline",
+                "unit": "% copy",
+                "y_50": percent[0],
+                "y_20": percent[1],
+                "y_80": percent[2],
+            }
+        )
+    return rows
+
+
+def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> pd.DataFrame:
+    dtype = DTYPES[args.dtype]
+    providers = args.providers or (SPARSE_DEFAULT_PROVIDERS if sweep == "sparse" else list(PROVIDERS))
+    labels_list = args.labels or default_labels(sweep, device)
+    pairs = cases(sweep, args.targets, providers, args.dtype)
+    rows = []
+    progress = tqdm(total=len(labels_list) * len(pairs) * len(args.modes), desc=f"{sweep} sweep", unit="case")
+    for labels in labels_list:
+        x = torch.randn(args.batch, labels, device=device, dtype=dtype).requires_grad_(True)
+        sparse = zipf_targets(args.batch, labels, device) if sweep == "sparse" else None
+        binary = sparse.to_dense(torch.bool) if sparse is not None else None
+        for target_name, provider in pairs:
+            if target_name == "sparse":
+                target = sparse
+            else:
+                if binary is None:
+                    dense = torch.rand(args.batch, labels, device=device) < 0.01
+                else:
+                    dense = binary
+                # torch's losses take float targets only; the conversion happens outside the timed region
+                torch_target = provider.startswith("torch") and target_name == "uint8"
+                target = dense.to(dtype if torch_target else DTYPES[target_name])
+            # Fused minimum: read the logits and the target once, write the gradient once; for the sparse
+            # sweep's problem the positives are the target, O(nnz) bytes, whatever a provider is given.
+            target_element_bytes = 0 if sweep == "sparse" else DTYPES[target_name].itemsize
+            element_bytes = 2 * dtype.itemsize + target_element_bytes
+            config = {
+                "batch": args.batch,
+                "dtype": args.dtype,
+                "target_dtype": target_name,
+                "reduction": "mean",
+                "min_bytes_per_element": element_bytes,
+            }
+            if sparse is not None:
+                config["positives_per_row"] = sparse.nnz / args.batch
+            for mode in args.modes:
+                row = {
+                    **common,
+                    "kernel": f"multilabel_soft_margin_loss_{sweep}",
+                    "provider": provider,
+                    "mode": mode,
+                    "x_value": labels,
+                    "extra_config": json.dumps(config),
+                }
+                try:
+                    measured = measure(PROVIDERS[provider], mode, x, target, device)
+                    rows += result_rows(
+                        row,
+                        measured,
+                        target_bytes(target) / 2**20,
+                        element_bytes,
+                        args.batch * labels,
+                        copy_gbs,
+                    )
+                except Exception as error:  # OOM, compile failure: recorded, and the sweep goes on
+                    message = f"{type(error).__name__}: {error}"[:300]
+                    rows.append({**row, "metric": "error", "unit": "", "error": message})
+                    x.grad = None
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                progress.update()
+            del target
+        del x, sparse, binary
+    progress.close()
+    frame = pd.DataFrame(rows)
+    frame["copy_bandwidth_gbs"] = copy_gbs
+    return frame
+
+
+def default_labels(sweep: str, device: str) -> list[int]:
+    if device != "cuda":
+        return [2**10, 2**12, 2**14]
+    return [2**k for k in range(14, 21)] if sweep == "dense" else [131072, 670091, 2**21]
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for dense_sweep.csv")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for the CSVs")
+    parser.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS))
     parser.add_argument("--batch", type=int, default=4096 if cuda else 64)
-    default_labels = [2**k for k in range(14, 21)] if cuda else [2**10, 2**12, 2**14]
-    parser.add_argument("--labels", type=int, nargs="+", default=default_labels)
+    parser.add_argument("--labels", type=int, nargs="+", help="label counts (default: per sweep and device)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16" if cuda else "fp32")
     parser.add_argument(
-        "--targets", nargs="+", choices=list(DTYPES), default=["bf16", "uint8"] if cuda else ["fp32", "uint8"]
+        "--targets",
+        nargs="+",
+        choices=list(DTYPES),
+        default=["bf16", "uint8"] if cuda else ["fp32", "uint8"],
+        help="dense target dtypes",
     )
-    parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS))
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        choices=list(PROVIDERS),
+        help="default: all for the dense sweep; ours and eager torch for the sparse one",
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = parser.parse_args()
 
     device = "cuda" if cuda else "cpu"
-    dtype = DTYPES[args.dtype]
     common = {
-        "kernel": "multilabel_soft_margin_loss",
         "x_name": "labels",
         "gpu_name": torch.cuda.get_device_name() if cuda else "cpu",
         "torch_version": torch.__version__,
@@ -133,61 +270,14 @@ def main() -> None:
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     copy_gbs = copy_bandwidth_gbs(device)
-    rows = []
-    cases = [
-        (t, labels, provider, mode)
-        for t in args.targets
-        for labels in args.labels
-        for provider in args.providers
-        for mode in args.modes
-    ]
-    for target_name, labels, provider, mode in tqdm(cases, desc="sweep", unit="case"):
-        config = {"batch": args.batch, "dtype": args.dtype, "target_dtype": target_name, "reduction": "mean"}
-        row = {
-            **common,
-            "provider": provider,
-            "mode": mode,
-            "x_value": labels,
-            "extra_config": json.dumps(config),
-        }
-        try:
-            (t50, t20, t80), peak = measure(
-                provider, mode, args.batch, labels, dtype, DTYPES[target_name], device
-            )
-        except Exception as error:  # OOM, compile failure: recorded, and the sweep goes on
-            rows.append(
-                {**row, "metric": "error", "unit": "", "error": f"{type(error).__name__}: {error}"[:300]}
-            )
-            if cuda:
-                torch.cuda.empty_cache()
-            continue
-        rows.append({**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80})
-        if peak is not None:
-            rows.append({**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20})
-        if mode == "full":
-            # Fused minimum: read logits and targets once, write the gradient once.
-            element_bytes = 2 * dtype.itemsize + DTYPES[target_name].itemsize
-            gbs = [args.batch * labels * element_bytes / t / 1e6 for t in (t50, t80, t20)]
-            rows.append(
-                {**row, "metric": "bandwidth", "unit": "GB/s", "y_50": gbs[0], "y_20": gbs[1], "y_80": gbs[2]}
-            )
-            percent = [100 * g / copy_gbs for g in gbs]
-            rows.append(
-                {
-                    **row,
-                    "metric": "roofline",
-                    "unit": "% copy",
-                    "y_50": percent[0],
-                    "y_20": percent[1],
-                    "y_80": percent[2],
-                }
-            )
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "dense_sweep.csv"
-    frame = pd.DataFrame(rows)
-    frame["copy_bandwidth_gbs"] = copy_gbs
-    frame.to_csv(path, index=False)
-    print(f"wrote {len(frame)} rows to {path} (copy bandwidth {copy_gbs:.0f} GB/s on {common['gpu_name']})")
+    for sweep in args.sweeps:
+        frame = run_sweep(sweep, args, device, common, copy_gbs)
+        path = args.out / f"{sweep}_sweep.csv"
+        frame.to_csv(path, index=False)
+        print(
+            f"wrote {len(frame)} rows to {path} (copy bandwidth {copy_gbs:.0f} GB/s on {common['gpu_name']})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmark sweep and its plots, as the README's main-job command runs them, at a tiny size."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ def test_sweep_writes_csv_and_plot(tmp_path):
         "bench/sweep.py",
         "--out",
         str(tmp_path),
+        "--sweeps",
+        "dense",
+        "sparse",
         "--batch",
         "8",
         "--labels",
@@ -54,8 +58,24 @@ def test_sweep_writes_csv_and_plot(tmp_path):
     ):
         assert frame[column].notna().all(), column
 
+    sparse = pd.read_csv(tmp_path / "sparse_sweep.csv")
+    assert "error" not in set(sparse["metric"]), sparse.get("error")
+    target = sparse["extra_config"].map(lambda c: json.loads(c)["target_dtype"])
+    # ours on SparseTargets and on the uint8 dense target, torch on the fp32 dense target
+    assert set(zip(sparse["provider"], target, strict=True)) == {
+        ("softmargin-triton", "sparse"),
+        ("softmargin-triton", "uint8"),
+        ("torch-mlsm", "fp32"),
+    }
+    target_mb = (
+        sparse[sparse["metric"] == "target_memory"].assign(target=target).set_index(["target", "x_value"])
+    )
+    for labels in (64, 256):  # positives: (B+1)·8 + nnz·4 bytes, not B·L
+        assert target_mb.loc[("sparse", labels), "y_50"] * 2**20 < 8 * 9 + 4 * 8 * 40
+        assert target_mb.loc[("fp32", labels), "y_50"] * 2**20 == 8 * labels * 4
+
     run("bench/plot.py", str(tmp_path))
-    png = tmp_path / "dense_sweep_time_uint8.png"
-    image = matplotlib.image.imread(png)
-    assert image.shape[0] > 200 and image.shape[1] > 300
-    assert image[..., :3].std() > 0.05, "the plot is blank"
+    for png in ("dense_sweep_time_uint8.png", "sparse_sweep_time_all.png"):
+        image = matplotlib.image.imread(tmp_path / png)
+        assert image.shape[0] > 200 and image.shape[1] > 300
+        assert image[..., :3].std() > 0.05, f"{png} is blank"
