@@ -7,9 +7,9 @@ stored gradient by grad_output, and leaves untouched every element whose grad_ou
 Grid of those two: (cdiv(R, BLOCK_R), cdiv(C, SPAN)). SPAN is chosen by the host (it sizes the partial
 buffer); the tile TILE = BLOCK_R × BLOCK_C is autotuned, so small C packs several rows into one program.
 
-Sparse targets (row-compressed positive labels): the forward runs without a target, scoring every label as
-a negative, and two small kernels with one program per row handle the positives — one rescores them from
-their logits before the forward runs, the other writes those values over the forward's afterwards.
+Sparse targets (each row's positive label ids, sorted, in compressed rows) replace the target read: a
+program first finds, per row, the positives that fall in its span (a scan of the row's few ids), then marks
+them in each tile by comparing ids — so positives get their exact loss and gradient in the same pass.
 """
 
 import triton
@@ -34,11 +34,6 @@ def tile_configs() -> list[triton.Config]:
 # The config used where autotuning cannot benchmark (Triton's CPU interpreter).
 HEURISTIC_CONFIG = {"TILE": 1024, "num_warps": 4}
 
-# Positives handled per step by one program of the sparse-target kernels (a row has ~2–40 in XMC data);
-# these kernels touch O(nnz) bytes, so their launch config is fixed rather than tuned.
-POSITIVES_BLOCK = 32
-POSITIVES_WARPS = 1
-
 _tile_shape = triton.heuristics(
     {
         "BLOCK_C": lambda args: min(args["TILE"], args["SPAN"]),
@@ -61,18 +56,21 @@ def _sigmoid_bce(x, y, p, MLSM_FORM: tl.constexpr, HAS_POS_WEIGHT: tl.constexpr)
     e = tl.exp(-tl.abs(x))
     log1p_e = _log1p_small(e)
     softplus_neg = tl.maximum(-x, 0.0) + log1p_e
-    sigmoid = tl.where(x >= 0, 1.0, e) / (1.0 + e)
+    reciprocal = 1.0 / (1.0 + e)
+    sigmoid = tl.where(x >= 0, 1.0, e) * reciprocal
+    sigmoid_neg = tl.where(x >= 0, e, 1.0) * reciprocal  # σ(-x) = 1 - σ(x) without the cancellation
     positive = p * y if HAS_POS_WEIGHT else y
     # The two torch formulas agree on finite logits and differ only in where ±inf logits give NaN.
     if MLSM_FORM:  # MultiLabelSoftMarginLoss: p·y·softplus(-x) + (1-y)·softplus(x)
         loss = positive * softplus_neg + (1.0 - y) * (tl.maximum(x, 0.0) + log1p_e)
-    else:  # BCEWithLogitsLoss: (1-y)·x + ((p-1)·y + 1)·softplus(-x)
-        loss = (1.0 - y) * x + (positive - y + 1.0) * softplus_neg
-    # d loss / dx = (p·y + 1 - y)·σ(x) - p·y, folded in full precision before the gradient is rounded.
-    if HAS_POS_WEIGHT:
-        grad = (positive + 1.0 - y) * sigmoid - positive
-    else:
-        grad = sigmoid - y
+    else:  # BCEWithLogitsLoss: (1-y)·x + ((p-1)·y + 1)·softplus(-x), with softplus(-x)'s log1p term added
+        # last: for y = 0 and x < 0 the x and max(-x, 0) terms cancel exactly, the log1p term survives
+        # (infinities combine as in torch's order, so NaN and ±inf appear where torch's do).
+        c = positive - y + 1.0
+        loss = ((1.0 - y) * x + c * tl.maximum(-x, 0.0)) + c * log1p_e
+    # d loss / dx = (p·y + 1 - y)·σ(x) - p·y = (1 - y)·σ(x) - p·y·σ(-x): exact for 0/1 targets even where
+    # σ(x) rounds to 1, folded in full precision before the gradient is rounded.
+    grad = (1.0 - y) * sigmoid - positive * sigmoid_neg
     return loss, grad
 
 
@@ -88,6 +86,8 @@ def _store_loss(ptrs, loss, mask):
 def soft_margin_forward_kernel(
     X,
     Y,
+    INDPTR,
+    INDICES,
     W,
     PW,
     GRAD,
@@ -111,7 +111,7 @@ def soft_margin_forward_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     MLSM_FORM: tl.constexpr,
-    HAS_TARGET: tl.constexpr,
+    SPARSE_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_POS_WEIGHT: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
@@ -122,8 +122,9 @@ def soft_margin_forward_kernel(
     """Loss terms and gradient of sigmoid-BCE, one tile of rows × one span of columns per program.
 
     X:       (R, C) logits, float16/bfloat16/float32/float64, any strides.
-    Y:       (R, C) targets, float, integer or bool, any strides; without HAS_TARGET not read and every
-             target is 0 (sparse targets: soft_margin_positives_kernel corrects the positives).
+    Y:       (R, C) targets, float, integer or bool, any strides; read unless SPARSE_TARGET.
+    INDPTR:  (R+1,) int64 and INDICES (nnz,) int32/int64: each row's positive label ids, sorted ascending
+             without repeats; the target is 1 there and 0 elsewhere. Read if SPARSE_TARGET.
     W:       (R, C) weight (a broadcast view, strides may be 0), float; read only if HAS_WEIGHT.
     PW:      (R, C) pos_weight p (a broadcast view), float; read only if HAS_POS_WEIGHT.
     GRAD:    (R, C) gradient of the reduced loss, X's dtype; may alias X (read before written).
@@ -138,6 +139,19 @@ def soft_margin_forward_kernel(
     row_mask = rows < R
     span_start = span_id.to(tl.int64) * SPAN  # int64: one row may pass 2^31 elements
     span_end = tl.minimum(span_start + SPAN, C)
+    if SPARSE_TARGET:
+        # Each row's positives inside this span are the sorted ids [first, first + inside) of the row.
+        row_start = tl.load(INDPTR + rows, mask=row_mask, other=0)
+        row_count = tl.load(INDPTR + rows + 1, mask=row_mask, other=0) - row_start
+        before = tl.zeros([BLOCK_R], tl.int64)
+        inside = tl.zeros([BLOCK_R], tl.int64)
+        for j in tl.range(0, tl.max(row_count, axis=0)):
+            has = j < row_count
+            label = tl.load(INDICES + row_start + j, mask=has, other=0).to(tl.int64)
+            before += (has & (label < span_start)).to(tl.int64)
+            inside += (has & (label >= span_start) & (label < span_end)).to(tl.int64)
+        first = row_start + before
+        most_inside = tl.max(inside, axis=0)
     acc = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
     for offset in tl.range(0, SPAN, BLOCK_C):
         cols = span_start + offset + tl.arange(0, BLOCK_C)
@@ -145,11 +159,14 @@ def soft_margin_forward_kernel(
         cols = cols.to(tl.int64)
         x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :] * stride_x_col, mask=mask, other=0)
         x = x.to(COMPUTE_DTYPE)
-        if HAS_TARGET:
+        if SPARSE_TARGET:
+            y = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
+            for j in tl.range(0, most_inside):
+                label = tl.load(INDICES + first + j, mask=j < inside, other=-1).to(tl.int64)
+                y = tl.where(label[:, None] == cols[None, :], 1.0, y)
+        else:
             y = tl.load(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask=mask, other=0)
             y = y.to(COMPUTE_DTYPE)
-        else:
-            y = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
         p = 1.0
         if HAS_POS_WEIGHT:
             p = tl.load(
@@ -174,109 +191,6 @@ def soft_margin_forward_kernel(
     if WRITE_PARTIAL:
         num_spans = tl.cdiv(C, SPAN)
         tl.store(PARTIAL + rows * num_spans + span_id, tl.sum(acc, axis=1), mask=row_mask)
-
-
-@triton.jit
-def soft_margin_positives_kernel(
-    X,
-    INDPTR,
-    INDICES,
-    W,
-    PW,
-    POS_GRAD,
-    POS_LOSS,
-    ROW_CORRECTION,
-    stride_x_row,
-    stride_x_col,
-    stride_w_row,
-    stride_w_col,
-    stride_pw_row,
-    stride_pw_col,
-    grad_scale,
-    BLOCK_K: tl.constexpr,
-    MLSM_FORM: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr,
-    HAS_POS_WEIGHT: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
-    WRITE_LOSS: tl.constexpr,
-    WRITE_CORRECTION: tl.constexpr,
-    COMPUTE_DTYPE: tl.constexpr,
-):
-    """The sparse-target correction at each positive label, one row per program.
-
-    The forward kernel without HAS_TARGET scores every label as a negative. Here each positive (row, j)
-    is rescored with target 1 from its logit, which must run before that kernel may overwrite the logits.
-
-    X:              (R, C) logits, any strides.
-    INDPTR:         (R+1,) int64 row pointer; INDICES: (nnz,) int32/int64 label ids, each < C.
-    W, PW:          (R, C) broadcast views of weight and pos_weight, read if HAS_WEIGHT / HAS_POS_WEIGHT.
-    POS_GRAD:       (nnz,) gradient at each positive, GRAD's dtype, times grad_scale; written if WRITE_GRAD.
-    POS_LOSS:       (nnz,) weighted elementwise loss at each positive, the loss's dtype; if WRITE_LOSS.
-    ROW_CORRECTION: (R,) COMPUTE_DTYPE, Σ over the row's positives of (loss as positive − loss as
-                    negative), to add to the forward kernel's row sums; written if WRITE_CORRECTION.
-    """
-    row = tl.program_id(0).to(tl.int64)
-    start = tl.load(INDPTR + row)
-    end = tl.load(INDPTR + row + 1)
-    acc = tl.zeros([BLOCK_K], COMPUTE_DTYPE)
-    for first in tl.range(start, end, BLOCK_K):
-        k = first + tl.arange(0, BLOCK_K)
-        mask = k < end
-        cols = tl.load(INDICES + k, mask=mask, other=0).to(tl.int64)
-        x = tl.load(X + row * stride_x_row + cols * stride_x_col, mask=mask, other=0).to(COMPUTE_DTYPE)
-        p = 1.0
-        if HAS_POS_WEIGHT:
-            p = tl.load(PW + row * stride_pw_row + cols * stride_pw_col, mask=mask, other=1).to(COMPUTE_DTYPE)
-        loss, grad = _sigmoid_bce(x, 1.0, p, MLSM_FORM, HAS_POS_WEIGHT)
-        if HAS_WEIGHT:
-            w = tl.load(W + row * stride_w_row + cols * stride_w_col, mask=mask, other=0).to(COMPUTE_DTYPE)
-            loss = loss * w
-            grad = grad * w
-        if WRITE_GRAD:
-            tl.store(POS_GRAD + k, (grad * grad_scale).to(POS_GRAD.dtype.element_ty), mask=mask)
-        if WRITE_LOSS:
-            _store_loss(POS_LOSS + k, loss, mask)
-        if WRITE_CORRECTION:
-            negative_loss, _ = _sigmoid_bce(x, 0.0, p, MLSM_FORM, HAS_POS_WEIGHT)
-            if HAS_WEIGHT:
-                negative_loss = negative_loss * w
-            acc += tl.where(mask, loss - negative_loss, 0.0)
-    if WRITE_CORRECTION:
-        tl.store(ROW_CORRECTION + row, tl.sum(acc, axis=0))
-
-
-@triton.jit
-def soft_margin_scatter_positives_kernel(
-    INDPTR,
-    INDICES,
-    POS_GRAD,
-    POS_LOSS,
-    GRAD,
-    LOSS,
-    C,
-    stride_grad_row,
-    stride_grad_col,
-    BLOCK_K: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
-    WRITE_LOSS: tl.constexpr,
-):
-    """Write the positives kernel's per-positive values over the forward kernel's; one row per program.
-
-    INDPTR (R+1,) int64, INDICES (nnz,) int32/int64; POS_GRAD / POS_LOSS (nnz,) → GRAD (R, C) any strides /
-    LOSS (R, C) contiguous, same dtypes.
-    """
-    row = tl.program_id(0).to(tl.int64)
-    start = tl.load(INDPTR + row)
-    end = tl.load(INDPTR + row + 1)
-    for first in tl.range(start, end, BLOCK_K):
-        k = first + tl.arange(0, BLOCK_K)
-        mask = k < end
-        cols = tl.load(INDICES + k, mask=mask, other=0).to(tl.int64)
-        if WRITE_GRAD:
-            grad = tl.load(POS_GRAD + k, mask=mask)
-            tl.store(GRAD + row * stride_grad_row + cols * stride_grad_col, grad, mask=mask)
-        if WRITE_LOSS:
-            tl.store(LOSS + row * C + cols, tl.load(POS_LOSS + k, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -324,7 +238,7 @@ def soft_margin_scale_grad_kernel(
 
 # The forward writes only fresh buffers, except in-place mode where GRAD aliases X: that variant restores
 # GRAD (hence X) after each benchmarked config. The scale kernel is in place by nature.
-_FORWARD_KEY = ["SPAN", "MLSM_FORM", "HAS_TARGET", "HAS_WEIGHT", "HAS_POS_WEIGHT"]
+_FORWARD_KEY = ["SPAN", "MLSM_FORM", "SPARSE_TARGET", "HAS_WEIGHT", "HAS_POS_WEIGHT"]
 soft_margin_forward = triton.autotune(tile_configs(), key=_FORWARD_KEY)(
     _tile_shape(soft_margin_forward_kernel)
 )

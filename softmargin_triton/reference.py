@@ -9,13 +9,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from softmargin_triton.sparse_targets import positive_rows
-
 __all__ = [
+    "linear_soft_margin_chunk_reference",
     "reduce_row_sums",
     "reduction_grad_scale",
     "soft_margin_reference",
-    "soft_margin_sparse_reference",
 ]
 
 # Which torch loss a call mirrors: they share the math and differ in normalisation and ±inf behaviour.
@@ -63,11 +61,11 @@ def _sigmoid_bce(
     if loss_form == "mlsm":
         loss = positive * softplus_neg + (1 - y) * (torch.clamp_min(x, 0) + log1p_e)
     else:
-        loss = (1 - y) * x + (positive - y + 1) * softplus_neg
+        c = positive - y + 1  # log1p term last, as in the kernel: exact where x and max(-x, 0) cancel
+        loss = ((1 - y) * x + c * torch.clamp_min(-x, 0)) + c * log1p_e
     grad = None
-    if with_grad:
-        sigmoid = torch.sigmoid(x)
-        grad = sigmoid - y if pos_weight is None else (positive + 1 - y) * sigmoid - positive
+    if with_grad:  # (1 - y)·σ(x) - p·y·σ(-x): no cancellation where σ(x) rounds to 1
+        grad = (1 - y) * torch.sigmoid(x) - positive * torch.sigmoid(-x)
     if weight is not None:
         w = weight.to(x.dtype)
         loss = loss * w
@@ -107,41 +105,30 @@ def soft_margin_reference(
     return loss.to(out_dtype), grad
 
 
-def soft_margin_sparse_reference(
+def linear_soft_margin_chunk_reference(
     input: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    weight: Tensor | None,
-    pos_weight: Tensor | None,
-    loss_form: LossForm,
-    reduction: str,
-    out_dtype: torch.dtype,
-    grad_scale: float | None,
+    weight_chunk: Tensor,
+    bias_chunk: Tensor | None,
+    target_chunk: Tensor,
+    label_weight_chunk: Tensor | None,
+    pos_weight_chunk: Tensor | None,
+    row_scale: Tensor | None,
+    with_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """`soft_margin_reference` for the binary target whose positives are given in compressed-row form.
+    """One label chunk of the fused linear + MLSM loss, as its kernel computes it.
 
-    indptr (R+1,) int64 and indices (nnz,) int32/int64 as in `SparseTargets`. Computed the kernels' way:
-    every label scored as a negative, then each positive rescored with target 1 — the row sums take the
-    difference — so it shares their behaviour exactly, down to non-finite logits.
+    input (R, D) float; weight_chunk (L_c, D) and bias_chunk (L_c,) in input's dtype; target_chunk (R, L_c);
+    label_weight_chunk / pos_weight_chunk (R, L_c) broadcast views or None; row_scale (R,) or None.
+    Returns each row's weighted loss summed over the chunk, (R,) in fp32 (fp64 for fp64 input), and the
+    gradient of the weighted elementwise loss w.r.t. the chunk's logits times row_scale, (R, L_c) in
+    input's dtype (None unless with_grad).
     """
     compute_dtype = _compute_dtype(input)
-    x = input.to(compute_dtype)
-    rows, cols = positive_rows(indptr, indices.numel()), indices.to(torch.int64)
-    with_grad = grad_scale is not None
-    loss, grad = _sigmoid_bce(x, 0.0, weight, pos_weight, loss_form, with_grad)
-
-    def at_positives(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t[rows, cols]
-
-    x_pos, w_pos = x[rows, cols], at_positives(weight)
-    pos_loss, pos_grad = _sigmoid_bce(x_pos, 1.0, w_pos, at_positives(pos_weight), loss_form, with_grad)
+    x = input.to(compute_dtype) @ weight_chunk.to(compute_dtype).T
+    if bias_chunk is not None:
+        x = x + bias_chunk.to(compute_dtype)
+    y = target_chunk.to(compute_dtype)
+    loss, grad = _sigmoid_bce(x, y, label_weight_chunk, pos_weight_chunk, "mlsm", with_grad)
     if grad is not None:
-        grad[rows, cols] = pos_grad
-        grad = (grad * grad_scale).to(input.dtype)
-    if loss_form == "bce" and reduction == "none":
-        loss[rows, cols] = pos_loss
-    else:
-        neg_loss, _ = _sigmoid_bce(x_pos, 0.0, w_pos, at_positives(pos_weight), loss_form, False)
-        row_sums = loss.sum(dim=1).index_add(0, rows, pos_loss - neg_loss)
-        loss = reduce_row_sums(row_sums, loss_form, reduction, input.shape[1])
-    return loss.to(out_dtype), grad
+        grad = (grad if row_scale is None else grad * row_scale[:, None]).to(input.dtype)
+    return loss.sum(dim=1), grad

@@ -1,9 +1,9 @@
 """Fused multi-label soft-margin and BCE-with-logits losses: PyTorch's semantics, one pass over the logits.
 
 Layers, bottom up:
-1. `soft_margin_forward` / `soft_margin_sparse_forward` (positives of a binary target as compressed
-   rows) / `soft_margin_scale_grad_`: torch.library custom ops over a (R, C) view that write into
-   preallocated buffers; each runs the Triton kernels or the plain-torch reference.
+1. `soft_margin_forward` (dense targets, or the positives of a binary target as compressed rows) and
+   `soft_margin_scale_grad_`: torch.library custom ops over a (R, C) view that write into preallocated
+   buffers; each runs the Triton kernels or the plain-torch reference.
 2. `_SoftMarginFunction`: autograd. The forward writes the gradient of the reduced loss; the backward only
    scales it by grad_output, in place, and moves no bytes when grad_output is 1.
 3. `multilabel_soft_margin_loss` / `binary_cross_entropy_with_logits`: torch's signatures. They validate,
@@ -27,9 +27,8 @@ from softmargin_triton.reference import (
     reduce_row_sums,
     reduction_grad_scale,
     soft_margin_reference,
-    soft_margin_sparse_reference,
 )
-from softmargin_triton.sparse_targets import SparseTargets
+from softmargin_triton.sparse_targets import SparseTargets, positives_to_dense
 
 if TRITON_IMPORT_ERROR is None:
     import triton
@@ -85,6 +84,8 @@ def _forward_outputs(
 def _launch_forward(
     input: Tensor,
     target: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
     weight: Tensor | None,
     pos_weight: Tensor | None,
     grad: Tensor | None,
@@ -93,7 +94,7 @@ def _launch_forward(
     grad_scale: float,
     loss_form: LossForm,
 ) -> None:
-    """The tiled forward kernel; a None target scores every label as a negative (sparse targets)."""
+    """The tiled forward kernel, over a dense target or the positives indptr/indices."""
     rows, cols = input.shape
     span = kernels.span_for(cols)
     unused = input  # placeholder pointer for operands a constexpr flag switches off
@@ -103,6 +104,8 @@ def _launch_forward(
         _tile_grid(rows, triton.cdiv(cols, span)),
         input,
         unused if target is None else target,
+        unused if indptr is None else indptr,
+        unused if indices is None else indices,
         unused if weight is None else weight,
         unused if pos_weight is None else pos_weight,
         unused if grad is None else grad,
@@ -118,7 +121,7 @@ def _launch_forward(
         grad_scale,
         SPAN=span,
         MLSM_FORM=loss_form == "mlsm",
-        HAS_TARGET=target is not None,
+        SPARSE_TARGET=target is None,
         HAS_WEIGHT=weight is not None,
         HAS_POS_WEIGHT=pos_weight is not None,
         WRITE_GRAD=grad is not None,
@@ -130,7 +133,9 @@ def _launch_forward(
 
 def _soft_margin_forward_triton(
     input: Tensor,
-    target: Tensor,
+    target: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
     weight: Tensor | None,
     pos_weight: Tensor | None,
     grad: Tensor | None,
@@ -140,76 +145,13 @@ def _soft_margin_forward_triton(
     out_dtype: torch.dtype,
 ) -> Tensor:
     loss, partial = _forward_outputs(input, loss_form, reduction, out_dtype)
-    _launch_forward(input, target, weight, pos_weight, grad, loss, partial, grad_scale, loss_form)
+    _launch_forward(
+        input, target, indptr, indices, weight, pos_weight, grad, loss, partial, grad_scale, loss_form
+    )
     if loss is not None:
         return loss
     # The partials are R × cdiv(C, 8192) numbers: reducing them in torch is deterministic and cheap.
     return reduce_row_sums(partial.sum(dim=1), loss_form, reduction, input.shape[1]).to(out_dtype)
-
-
-def _soft_margin_sparse_forward_triton(
-    input: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    weight: Tensor | None,
-    pos_weight: Tensor | None,
-    grad: Tensor | None,
-    grad_scale: float,
-    loss_form: LossForm,
-    reduction: str,
-    out_dtype: torch.dtype,
-) -> Tensor:
-    rows, cols = input.shape
-    nnz = indices.numel()
-    loss, partial = _forward_outputs(input, loss_form, reduction, out_dtype)
-    pos_grad = None if grad is None else grad.new_empty(nnz)
-    pos_loss = None if loss is None else loss.new_empty(nnz)
-    correction = None if partial is None else partial.new_empty(rows)
-    unused = input
-    # The positives first: they read their logits, which the forward may overwrite with the gradient.
-    kernels.soft_margin_positives_kernel[(rows,)](
-        input,
-        indptr,
-        indices,
-        unused if weight is None else weight,
-        unused if pos_weight is None else pos_weight,
-        unused if pos_grad is None else pos_grad,
-        unused if pos_loss is None else pos_loss,
-        unused if correction is None else correction,
-        *input.stride(),
-        *(weight.stride() if weight is not None else (0, 0)),
-        *(pos_weight.stride() if pos_weight is not None else (0, 0)),
-        grad_scale,
-        BLOCK_K=kernels.POSITIVES_BLOCK,
-        MLSM_FORM=loss_form == "mlsm",
-        HAS_WEIGHT=weight is not None,
-        HAS_POS_WEIGHT=pos_weight is not None,
-        WRITE_GRAD=grad is not None,
-        WRITE_LOSS=loss is not None,
-        WRITE_CORRECTION=correction is not None,
-        COMPUTE_DTYPE=_compute_dtype(input.dtype),
-        num_warps=kernels.POSITIVES_WARPS,
-    )
-    _launch_forward(input, None, weight, pos_weight, grad, loss, partial, grad_scale, loss_form)
-    if grad is not None or loss is not None:
-        kernels.soft_margin_scatter_positives_kernel[(rows,)](
-            indptr,
-            indices,
-            unused if pos_grad is None else pos_grad,
-            unused if pos_loss is None else pos_loss,
-            unused if grad is None else grad,
-            unused if loss is None else loss,
-            cols,
-            *(grad.stride() if grad is not None else (0, 0)),
-            BLOCK_K=kernels.POSITIVES_BLOCK,
-            WRITE_GRAD=grad is not None,
-            WRITE_LOSS=loss is not None,
-            num_warps=kernels.POSITIVES_WARPS,
-        )
-    if loss is not None:
-        return loss
-    row_sums = partial.sum(dim=1) + correction
-    return reduce_row_sums(row_sums, loss_form, reduction, cols).to(out_dtype)
 
 
 def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor, scale: float) -> None:
@@ -238,7 +180,9 @@ def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor, scale: flo
 @torch.library.custom_op("softmargin_triton::soft_margin_forward", mutates_args=("grad",))
 def soft_margin_forward(
     input: Tensor,
-    target: Tensor,
+    target: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
     weight: Tensor | None,
     pos_weight: Tensor | None,
     grad: Tensor | None,
@@ -251,15 +195,29 @@ def soft_margin_forward(
     """Reduced sigmoid-BCE loss of a (R, C) problem; writes d(elementwise loss)/d(input) · grad_scale
     into `grad` if given.
 
-    input (R, C) float16/bfloat16/float32/float64 logits; target (R, C) float, integer or bool; weight and
-    pos_weight (R, C) broadcast views or None; grad (R, C) in input's dtype, may be `input` itself.
+    input (R, C) float16/bfloat16/float32/float64 logits; the target either dense, `target` (R, C) float,
+    integer or bool, or binary with its positives as `indptr` (R+1,) int64 and `indices` (nnz,) int32/int64
+    in SparseTargets' form (the kernel builds no (R, C) target); weight and pos_weight (R, C) broadcast
+    views or None; grad (R, C) in input's dtype, may be `input` itself.
     loss_form "mlsm" or "bce"; reduction "none", "mean" or "sum". Returns (R,) for MLSM 'none',
     (R, C) for BCE 'none', else (), in out_dtype.
     """
     if use_triton:
         return _soft_margin_forward_triton(
-            input, target, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype
+            input,
+            target,
+            indptr,
+            indices,
+            weight,
+            pos_weight,
+            grad,
+            grad_scale,
+            loss_form,
+            reduction,
+            out_dtype,
         )
+    if target is None:  # the reference computes elementwise over (R, C) anyway: 1 more byte per element
+        target = positives_to_dense(indptr, indices, input.shape[1], torch.uint8)
     loss, reference_grad = soft_margin_reference(
         input,
         target,
@@ -282,50 +240,19 @@ def _loss_shape(rows: int, cols: int, loss_form: str, reduction: str) -> tuple[i
 
 
 @soft_margin_forward.register_fake
-def _(input, target, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype, use_triton):
-    return input.new_empty(_loss_shape(*input.shape, loss_form, reduction), dtype=out_dtype)
-
-
-@torch.library.custom_op("softmargin_triton::soft_margin_sparse_forward", mutates_args=("grad",))
-def soft_margin_sparse_forward(
-    input: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    weight: Tensor | None,
-    pos_weight: Tensor | None,
-    grad: Tensor | None,
-    grad_scale: float,
-    loss_form: str,
-    reduction: str,
-    out_dtype: torch.dtype,
-    use_triton: bool,
-) -> Tensor:
-    """`soft_margin_forward` for the binary target whose positives are indptr (R+1,) int64 and indices
-    (nnz,) int32/int64, in `SparseTargets`' canonical form; no (R, C) target is ever built.
-    """
-    if use_triton:
-        return _soft_margin_sparse_forward_triton(
-            input, indptr, indices, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype
-        )
-    loss, reference_grad = soft_margin_sparse_reference(
-        input,
-        indptr,
-        indices,
-        weight,
-        pos_weight,
-        loss_form,
-        reduction,
-        out_dtype,
-        None if grad is None else grad_scale,
-    )
-    if grad is not None:
-        grad.copy_(reference_grad)
-    return loss
-
-
-@soft_margin_sparse_forward.register_fake
 def _(
-    input, indptr, indices, weight, pos_weight, grad, grad_scale, loss_form, reduction, out_dtype, use_triton
+    input,
+    target,
+    indptr,
+    indices,
+    weight,
+    pos_weight,
+    grad,
+    grad_scale,
+    loss_form,
+    reduction,
+    out_dtype,
+    use_triton,
 ):
     return input.new_empty(_loss_shape(*input.shape, loss_form, reduction), dtype=out_dtype)
 
@@ -370,13 +297,21 @@ class _SoftMarginFunction(torch.autograd.Function):
         # fp16 cannot hold (σ - y)·w / numel: store it unscaled and apply the factor with grad_output
         # (a GradScaler's large one included) in the backward, as torch does. Other dtypes fold it in.
         forward_scale, ctx.backward_scale = (1.0, scale) if input.dtype == torch.float16 else (scale, 1.0)
-        options = (grad, forward_scale, loss_form, reduction, out_dtype, use_triton)
-        if isinstance(target, SparseTargets):
-            loss = soft_margin_sparse_forward(
-                input, target.indptr, target.indices, weight, pos_weight, *options
-            )
-        else:
-            loss = soft_margin_forward(input, target, weight, pos_weight, *options)
+        sparse = isinstance(target, SparseTargets)
+        loss = soft_margin_forward(
+            input,
+            None if sparse else target,
+            target.indptr if sparse else None,
+            target.indices if sparse else None,
+            weight,
+            pos_weight,
+            grad,
+            forward_scale,
+            loss_form,
+            reduction,
+            out_dtype,
+            use_triton,
+        )
         ctx.save_for_backward(grad)
         ctx.use_triton = use_triton
         ctx.per_row = loss_form == "mlsm" and reduction == "none"

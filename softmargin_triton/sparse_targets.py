@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SparseTargets", "positive_rows"]
+__all__ = ["SparseTargets", "positive_rows", "positives_to_dense"]
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -19,6 +19,13 @@ def positive_rows(indptr: Tensor, nnz: int) -> Tensor:
     """The row of each positive, (nnz,) int64, from a row pointer (B+1,); no host sync (nnz is known)."""
     rows = torch.arange(indptr.numel() - 1, device=indptr.device)
     return torch.repeat_interleave(rows, indptr.diff(), output_size=nnz)
+
+
+def positives_to_dense(indptr: Tensor, indices: Tensor, num_labels: int, dtype: torch.dtype) -> Tensor:
+    """The (B, num_labels) 0/1 target in `dtype` whose positives are indptr (B+1,) / indices (nnz,)."""
+    dense = torch.zeros((indptr.numel() - 1, num_labels), dtype=dtype, device=indptr.device)
+    dense[positive_rows(indptr, indices.numel()), indices.to(torch.int64)] = 1
+    return dense
 
 
 def _index_dtype(num_labels: int) -> torch.dtype:
@@ -48,8 +55,9 @@ class SparseTargets:
 
     A row is a set: the constructors sort each row and collapse a label repeated within a row to one
     positive. A label outside [0, L), or a negative label other than `from_padded`'s pad, raises ValueError.
-    Constructors validate on the host side, so they synchronize with the device once; the losses then run
-    without a host sync.
+    Constructors validate, and find data-dependent sizes, on the host: on a GPU they synchronize with it
+    (a few times); the losses then run without a host sync. Treat `indptr` and `indices` as read-only:
+    the kernels trust the checks made when they were built.
 
     The losses treat a SparseTargets as the dense target `to_dense(input.dtype)`: values and gradients equal
     those of that dense call (the loss in the input's dtype, float32 for BCE under autocast).
@@ -69,8 +77,7 @@ class SparseTargets:
             )
         if indices.device != indptr.device:
             raise ValueError(f"indptr is on {indptr.device} but indices on {indices.device}")
-        if num_labels < 0:
-            raise ValueError(f"num_labels must be ≥ 0, got {num_labels}")
+        self._check_num_labels(num_labels)
         nnz = indices.numel()
         row_start = torch.zeros(nnz + 1, dtype=torch.bool, device=indptr.device)
         row_start[indptr.clamp(0, nnz)] = True
@@ -109,6 +116,11 @@ class SparseTargets:
         targets._set(indptr, indices, num_labels)
         return targets
 
+    @staticmethod
+    def _check_num_labels(num_labels: int) -> None:
+        if num_labels < 0:
+            raise ValueError(f"num_labels must be ≥ 0, got {num_labels}")
+
     @classmethod
     def _from_coordinates(
         cls, rows: Tensor, labels: Tensor, num_rows: int, num_labels: int
@@ -126,9 +138,17 @@ class SparseTargets:
     def from_lists(
         cls, lists: Sequence[Sequence[int]], num_labels: int, device: torch.device | str | None = None
     ) -> "SparseTargets":
-        """From one sequence of label ids per row, e.g. `[[0, 2], [1], []]`; any order, repeats collapse."""
+        """From one sequence of integer label ids per row, e.g. `[[0, 2], [1], []]`; any order, repeats
+        collapse."""
+        cls._check_num_labels(num_labels)
         lengths = torch.tensor([len(row) for row in lists], dtype=torch.int64)
-        labels = torch.tensor(list(itertools.chain.from_iterable(lists)), dtype=torch.int64)
+        flat = list(itertools.chain.from_iterable(lists))
+        labels = torch.tensor(flat) if flat else torch.empty(0, dtype=torch.int64)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(
+                f"SparseTargets.from_lists: label ids must be integers, got {labels.dtype} values"
+            )
+        labels = labels.to(torch.int64)
         rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
         _check_labels(labels, rows, num_labels, "SparseTargets.from_lists")
         return cls._from_coordinates(rows, labels, len(lengths), num_labels).to(device or "cpu")
@@ -149,10 +169,12 @@ class SparseTargets:
                 f"SparseTargets.from_padded: expected a (B, K) integer tensor, got {tensor.dtype} of shape "
                 f"{tuple(tensor.shape)}"
             )
+        cls._check_num_labels(num_labels)
         if 0 <= pad < num_labels:
             raise ValueError(f"SparseTargets.from_padded: pad={pad} is a valid label id in [0, {num_labels})")
-        rows, slots = (tensor != pad).nonzero(as_tuple=True)
-        labels = tensor[rows, slots].to(torch.int64)
+        ids = tensor.to(torch.int64)  # compare in int64: pad=-1 must not match 255 of a uint8 tensor
+        rows, slots = (ids != pad).nonzero(as_tuple=True)
+        labels = ids[rows, slots]
         _check_labels(labels, rows, num_labels, "SparseTargets.from_padded")
         return cls._from_coordinates(rows, labels, tensor.shape[0], num_labels)
 
@@ -197,9 +219,7 @@ class SparseTargets:
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The (B, L) target: 1 at the positives, 0 elsewhere, in `dtype` (bool: True/False)."""
-        dense = torch.zeros(self.shape, dtype=dtype, device=self.device)
-        dense[positive_rows(self.indptr, self.nnz), self.indices.to(torch.int64)] = 1
-        return dense
+        return positives_to_dense(self.indptr, self.indices, self.num_labels, dtype)
 
     def __repr__(self) -> str:
         batch, labels = self.shape

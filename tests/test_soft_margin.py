@@ -375,6 +375,8 @@ def test_forward_op_writes_every_gradient_element(loss_form):
         y,
         None,
         None,
+        None,
+        None,
         grad,
         reduction_grad_scale(loss_form, "sum", 4, 1000),
         loss_form,

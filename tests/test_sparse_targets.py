@@ -115,6 +115,10 @@ def test_empty_batch_and_no_positives():
         (lambda: st.SparseTargets(torch.tensor([0, 2]), torch.tensor([1, 1]), 3), "strictly ascending"),
         (lambda: st.SparseTargets(torch.tensor([0, 2]), torch.tensor([0.0, 1.0]), 3), "int32 or int64"),
         (lambda: st.SparseTargets(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0]), 3), "int64"),
+        (lambda: st.SparseTargets.from_lists([[1.7, 2]], 4), "must be integers"),
+        (lambda: st.SparseTargets.from_lists([[True]], 4), "must be integers"),
+        (lambda: st.SparseTargets.from_lists([[], []], -3), "num_labels must be"),
+        (lambda: st.SparseTargets.from_padded(torch.tensor([[-1]]), -3), "num_labels must be"),
     ],
     ids=[
         "lists-too-large",
@@ -135,6 +139,10 @@ def test_empty_batch_and_no_positives():
         "row-repeat",
         "indices-float",
         "indptr-int32",
+        "lists-float",
+        "lists-bool",
+        "lists-negative-num-labels",
+        "padded-negative-num-labels",
     ],
 )
 def test_bad_labels_rejected_at_construction(build, match):
@@ -146,3 +154,9 @@ def test_rows_sorted_across_boundaries_are_accepted():
     """A row may start with a label smaller than the previous row's last one."""
     targets = st.SparseTargets(torch.tensor([0, 2, 4]), torch.tensor([3, 4, 0, 1]), 5)
     assert torch.equal(targets.to_dense(), dense_from_lists([[3, 4], [0, 1]], 5))
+
+
+def test_from_padded_uint8_keeps_label_255():
+    """pad=-1 compared in the tensor's own dtype would be 255 and silently drop that label."""
+    targets = st.SparseTargets.from_padded(torch.tensor([[255, 3]], dtype=torch.uint8), 300)
+    assert targets.indices.tolist() == [3, 255]
