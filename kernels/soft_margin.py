@@ -75,6 +75,37 @@ def _sigmoid_bce(x, y, p, MLSM_FORM: tl.constexpr, HAS_POS_WEIGHT: tl.constexpr)
 
 
 @triton.jit
+def positives_in_range(INDPTR, INDICES, rows, row_mask, lo, hi):
+    """Each row's positives with label ids in [lo, hi): the sorted ids [first, first + inside) of its row.
+
+    One scan over the rows' few ids (~2–40 in XMC data) per program; int64 (BLOCK_R,) results.
+    """
+    row_start = tl.load(INDPTR + rows, mask=row_mask, other=0)
+    row_count = tl.load(INDPTR + rows + 1, mask=row_mask, other=0) - row_start
+    before = tl.zeros_like(row_start)
+    inside = tl.zeros_like(row_start)
+    for j in tl.range(0, tl.max(row_count, axis=0)):
+        has = j < row_count
+        label = tl.load(INDICES + row_start + j, mask=has, other=0).to(tl.int64)
+        before += (has & (label < lo)).to(tl.int64)
+        inside += (has & (label >= lo) & (label < hi)).to(tl.int64)
+    return row_start + before, inside
+
+
+@triton.jit
+def mark_positives(
+    INDICES, first, inside, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, DTYPE: tl.constexpr
+):
+    """The (BLOCK_R, BLOCK_C) 0/1 target of a tile whose column ids are `cols`, from each row's positives
+    [first, first + inside) (see positives_in_range): one compare of the tile per positive in range."""
+    y = tl.zeros([BLOCK_R, BLOCK_C], DTYPE)
+    for j in tl.range(0, tl.max(inside, axis=0)):
+        label = tl.load(INDICES + first + j, mask=j < inside, other=-1).to(tl.int64)
+        y = tl.where(label[:, None] == cols[None, :], 1.0, y)
+    return y
+
+
+@triton.jit
 def _store_loss(ptrs, loss, mask):
     """Store loss values in the pointers' dtype."""
     if ptrs.dtype.element_ty.primitive_bitwidth == 16:
@@ -140,18 +171,7 @@ def soft_margin_forward_kernel(
     span_start = span_id.to(tl.int64) * SPAN  # int64: one row may pass 2^31 elements
     span_end = tl.minimum(span_start + SPAN, C)
     if SPARSE_TARGET:
-        # Each row's positives inside this span are the sorted ids [first, first + inside) of the row.
-        row_start = tl.load(INDPTR + rows, mask=row_mask, other=0)
-        row_count = tl.load(INDPTR + rows + 1, mask=row_mask, other=0) - row_start
-        before = tl.zeros([BLOCK_R], tl.int64)
-        inside = tl.zeros([BLOCK_R], tl.int64)
-        for j in tl.range(0, tl.max(row_count, axis=0)):
-            has = j < row_count
-            label = tl.load(INDICES + row_start + j, mask=has, other=0).to(tl.int64)
-            before += (has & (label < span_start)).to(tl.int64)
-            inside += (has & (label >= span_start) & (label < span_end)).to(tl.int64)
-        first = row_start + before
-        most_inside = tl.max(inside, axis=0)
+        first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, span_start, span_end)
     acc = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
     for offset in tl.range(0, SPAN, BLOCK_C):
         cols = span_start + offset + tl.arange(0, BLOCK_C)
@@ -160,10 +180,7 @@ def soft_margin_forward_kernel(
         x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :] * stride_x_col, mask=mask, other=0)
         x = x.to(COMPUTE_DTYPE)
         if SPARSE_TARGET:
-            y = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
-            for j in tl.range(0, most_inside):
-                label = tl.load(INDICES + first + j, mask=j < inside, other=-1).to(tl.int64)
-                y = tl.where(label[:, None] == cols[None, :], 1.0, y)
+            y = mark_positives(INDICES, first, inside, cols, BLOCK_R, BLOCK_C, COMPUTE_DTYPE)
         else:
             y = tl.load(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask=mask, other=0)
             y = y.to(COMPUTE_DTYPE)

@@ -5,6 +5,11 @@ Drop-in replacements for `torch.nn.functional.multilabel_soft_margin_loss`,
 """
 
 from softmargin_triton.backend import BACKEND_ENV_VAR, current_backend, use_backend
+from softmargin_triton.linear_soft_margin import (
+    SCRATCH_ENV_VAR,
+    LinearMultiLabelSoftMarginLoss,
+    linear_multilabel_soft_margin_loss,
+)
 from softmargin_triton.soft_margin import (
     BCEWithLogitsLoss,
     MultiLabelSoftMarginLoss,
@@ -17,12 +22,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKEND_ENV_VAR",
+    "SCRATCH_ENV_VAR",
     "BCEWithLogitsLoss",
+    "LinearMultiLabelSoftMarginLoss",
     "MultiLabelSoftMarginLoss",
     "SparseTargets",
     "__version__",
     "binary_cross_entropy_with_logits",
     "current_backend",
+    "linear_multilabel_soft_margin_loss",
     "multilabel_soft_margin_loss",
     "use_backend",
 ]

@@ -1,0 +1,163 @@
+"""Fused linear + multi-label soft-margin loss, one label chunk at a time, the logits never stored.
+
+For a chunk of labels [label_start, label_start + L_c) one kernel forms the logits tile by tile in
+registers (E · W_cᵀ + b, fp32 accumulation on tensor cores) and, in its epilogue, writes the gradient of the
+elementwise loss with respect to those logits, G (B, L_c), and one fp32 loss partial per (row, tile). The
+host then runs dE += G · W_c and dW_c = Gᵀ · E as plain GEMMs and reuses the G buffer for the next chunk.
+
+Sparse targets are read in the epilogue: each row's positives inside the tile's label range (compressed rows)
+are compared with the tile's label ids, so the -y term is folded into the gradient in fp32 before it is
+rounded, as for dense targets.
+"""
+
+import triton
+import triton.language as tl
+
+from .soft_margin import _sigmoid_bce, mark_positives, positives_in_range
+
+
+def chunk_configs() -> list[triton.Config]:
+    """Autotune space: (rows, labels, reduction depth) tile shapes, pipeline stages and warps."""
+    return [
+        triton.Config({"BLOCK_B": b, "BLOCK_L": n, "BLOCK_D": d}, num_stages=stages, num_warps=warps)
+        for b, n, d, stages, warps in (
+            (128, 128, 64, 3, 8),
+            (128, 256, 64, 3, 8),
+            (256, 128, 64, 3, 8),
+            (64, 128, 64, 4, 4),
+            (128, 64, 64, 4, 4),
+            (64, 64, 32, 4, 4),
+        )
+    ]
+
+
+# Where autotuning cannot benchmark (Triton's CPU interpreter); tl.dot needs blocks of at least 16.
+HEURISTIC_CONFIG = {"BLOCK_B": 16, "BLOCK_L": 32, "BLOCK_D": 16, "num_warps": 4}
+
+# The partial-sum buffer has a column per BLOCK_L labels of the narrowest config, zero-filled, so the host
+# sizes it without knowing which config the autotuner picks.
+MIN_BLOCK_L = min([HEURISTIC_CONFIG["BLOCK_L"]] + [config.kwargs["BLOCK_L"] for config in chunk_configs()])
+
+
+@triton.jit
+def linear_soft_margin_chunk_kernel(
+    E,
+    W,
+    BIAS,
+    Y,
+    INDPTR,
+    INDICES,
+    LW,
+    PW,
+    ROW_SCALE,
+    G,
+    PARTIAL,
+    B,
+    D,
+    chunk_labels,
+    label_start,
+    stride_e_row,
+    stride_e_col,
+    stride_w_row,
+    stride_w_col,
+    stride_y_row,
+    stride_y_col,
+    stride_lw_row,
+    stride_lw_col,
+    stride_pw_row,
+    stride_pw_col,
+    stride_g_row,
+    stride_partial_row,
+    BLOCK_B: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPARSE_TARGET: tl.constexpr,
+    HAS_LABEL_WEIGHT: tl.constexpr,
+    HAS_POS_WEIGHT: tl.constexpr,
+    HAS_ROW_SCALE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    """One (BLOCK_B rows × BLOCK_L labels) tile of a label chunk: logits, loss partials, gradient.
+
+    E:       (B, D) input features, float16/bfloat16/float32, any strides.
+    W:       (L, D) classifier, E's dtype; the chunk's rows start at label_start.
+    BIAS:    (L,) contiguous, E's dtype; read if HAS_BIAS.
+    Y:       (B, L) dense targets (float, integer or bool, any strides); read unless SPARSE_TARGET.
+    INDPTR:  (B+1,) int64 and INDICES (nnz,) int32/int64: each row's positive label ids, sorted; read if
+             SPARSE_TARGET.
+    LW, PW:  (B, L) broadcast views of the label weight and pos_weight, float; read if HAS_*.
+    ROW_SCALE: (B,) float32 per-row gradient factor (grad_output of reduction 'none'); if HAS_ROW_SCALE.
+    G:       (B, chunk_labels) gradient of the weighted elementwise loss w.r.t. the chunk's logits (times
+             ROW_SCALE), E's dtype, unit column stride; written if WRITE_GRAD. The reduction's factor is
+             left to the GEMMs that consume G (their alpha), so fp16 never holds it.
+    PARTIAL: (B, ≥ cdiv(chunk_labels, BLOCK_L)) contiguous float32, stride_partial_row: each row's weighted
+             loss over the tile, in column pid_l.
+    DOT_PRECISION: tl.dot's input precision for float32 inputs ("ieee", or "tf32" when torch allows it).
+    DOT_IN_FP32: upcast the operands before tl.dot (only for Triton's interpreter, whose bf16 dot is wrong).
+    """
+    pid_b = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # within the chunk
+    labels = label_start + cols.to(tl.int64)
+    row_mask = rows < B
+    col_mask = cols < chunk_labels
+    mask = row_mask[:, None] & col_mask[None, :]
+
+    acc = tl.zeros([BLOCK_B, BLOCK_L], tl.float32)
+    for d0 in tl.range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        d_mask = ds < D
+        e = tl.load(
+            E + rows[:, None] * stride_e_row + ds[None, :] * stride_e_col,
+            mask=row_mask[:, None] & d_mask[None, :],
+            other=0,
+        )
+        w = tl.load(
+            W + labels[:, None] * stride_w_row + ds[None, :] * stride_w_col,
+            mask=col_mask[:, None] & d_mask[None, :],
+            other=0,
+        )
+        if DOT_IN_FP32:
+            e = e.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(e, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    x = acc
+    if HAS_BIAS:
+        x += tl.load(BIAS + labels, mask=col_mask, other=0).to(tl.float32)[None, :]
+
+    if SPARSE_TARGET:
+        tile_start = label_start + pid_l * BLOCK_L
+        first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
+        y = mark_positives(INDICES, first, inside, labels, BLOCK_B, BLOCK_L, tl.float32)
+    else:
+        y = tl.load(Y + rows[:, None] * stride_y_row + labels[None, :] * stride_y_col, mask=mask, other=0)
+        y = y.to(tl.float32)
+    p = 1.0
+    if HAS_POS_WEIGHT:
+        p = tl.load(PW + rows[:, None] * stride_pw_row + labels[None, :] * stride_pw_col, mask=mask, other=1)
+        p = p.to(tl.float32)
+    loss, grad = _sigmoid_bce(x, y, p, True, HAS_POS_WEIGHT)
+    if HAS_LABEL_WEIGHT:
+        w = tl.load(LW + rows[:, None] * stride_lw_row + labels[None, :] * stride_lw_col, mask=mask, other=0)
+        w = w.to(tl.float32)
+        loss = loss * w
+        grad = grad * w
+    tl.store(
+        PARTIAL + rows * stride_partial_row + pid_l,
+        tl.sum(tl.where(mask, loss, 0.0), axis=1),
+        mask=row_mask,
+    )
+    if WRITE_GRAD:
+        if HAS_ROW_SCALE:
+            grad = grad * tl.load(ROW_SCALE + rows, mask=row_mask, other=0)[:, None]
+        tl.store(G + rows[:, None] * stride_g_row + cols[None, :], grad.to(G.dtype.element_ty), mask=mask)
+
+
+linear_soft_margin_chunk = triton.autotune(
+    chunk_configs(),
+    key=["D", "SPARSE_TARGET", "HAS_LABEL_WEIGHT", "HAS_POS_WEIGHT", "HAS_ROW_SCALE", "WRITE_GRAD"],
+)(linear_soft_margin_chunk_kernel)

@@ -1,0 +1,504 @@
+"""Fused linear + multi-label soft-margin loss: the (B, L) logits are never materialized.
+
+Layers, bottom up:
+1. `linear_soft_margin_forward`: a torch.library custom op. It walks the labels in chunks sized to a bounded
+   scratch; per chunk the Triton kernel (or the plain-torch reference) writes the gradient G w.r.t. the
+   chunk's logits and the rows' loss, then two plain GEMMs fold G into dE and dW_c (db_c = column sums).
+2. `_LinearSoftMarginFunction`: autograd. 'mean' and 'sum' compute the loss and every gradient in the
+   forward and the backward only scales them by grad_output (no bytes moved when it is 1); 'none'
+   recomputes in the backward with grad_output as a per-row factor.
+3. `linear_multilabel_soft_margin_loss`: the functional API; `LinearMultiLabelSoftMarginLoss`: a module
+   that owns the classifier, with `logits` and a streaming `topk` for inference.
+"""
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
+from softmargin_triton.reference import linear_soft_margin_chunk_reference, reduce_row_sums
+from softmargin_triton.soft_margin import multilabel_soft_margin_loss, soft_margin_scale_grad_
+from softmargin_triton.sparse_targets import SparseTargets, positive_rows
+
+if TRITON_IMPORT_ERROR is None:
+    import triton
+
+    from softmargin_triton.backend import TRITON_INTERPRETED
+    from softmargin_triton.kernels import linear_soft_margin as kernels
+
+__all__ = ["SCRATCH_ENV_VAR", "LinearMultiLabelSoftMarginLoss", "linear_multilabel_soft_margin_loss"]
+
+SCRATCH_ENV_VAR = "SOFTMARGIN_TRITON_SCRATCH_MB"
+_DEFAULT_SCRATCH_MB = 64
+_REDUCTIONS = ("none", "mean", "sum")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# The plain-torch chunk keeps about this many (rows, chunk) fp32 temporaries alive at once.
+_REFERENCE_TEMPORARIES = 8
+
+
+def chunk_labels(rows: int, num_labels: int, bytes_per_element: int) -> int:
+    """Labels per chunk such that rows × chunk × bytes_per_element fits the scratch budget
+    (`SOFTMARGIN_TRITON_SCRATCH_MB`, default 64), in multiples of 256 labels where it can."""
+    budget = float(os.environ.get(SCRATCH_ENV_VAR, _DEFAULT_SCRATCH_MB)) * 2**20
+    labels = max(int(budget // max(rows * bytes_per_element, 1)), 1)
+    if labels >= 256:
+        labels -= labels % 256
+    return min(labels, max(num_labels, 1))
+
+
+# --------------------------------------------------------------------------------------------------------
+# One chunk: Triton kernel or plain torch
+# --------------------------------------------------------------------------------------------------------
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs use tf32 only where torch's own matmuls would (torch.backends.cuda.matmul.allow_tf32).
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _chunk_triton(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
+    label_weight: Tensor | None,
+    pos_weight: Tensor | None,
+    row_scale: Tensor | None,
+    grad: Tensor | None,
+    start: int,
+    stop: int,
+) -> Tensor:
+    """Labels [start, stop) through the chunk kernel, which indexes the full (L, ·) operands itself:
+    writes `grad` (rows, stop - start) if given and returns the rows' loss over the chunk, (rows,) fp32."""
+    rows, dim = input.shape
+    labels = stop - start
+    partial = torch.zeros(
+        (rows, triton.cdiv(labels, kernels.MIN_BLOCK_L)), dtype=torch.float32, device=input.device
+    )
+    unused = input  # placeholder pointer for operands a constexpr flag switches off
+    args = (
+        input,
+        weight,
+        unused if bias is None else bias,
+        unused if target is None else target,
+        unused if indptr is None else indptr,
+        unused if indices is None else indices,
+        unused if label_weight is None else label_weight,
+        unused if pos_weight is None else pos_weight,
+        unused if row_scale is None else row_scale,
+        unused if grad is None else grad,
+        partial,
+        rows,
+        dim,
+        labels,
+        start,
+        *input.stride(),
+        *weight.stride(),
+        *(target.stride() if target is not None else (0, 0)),
+        *(label_weight.stride() if label_weight is not None else (0, 0)),
+        *(pos_weight.stride() if pos_weight is not None else (0, 0)),
+        grad.stride(0) if grad is not None else 0,
+        partial.stride(0),
+    )
+    constexprs = dict(
+        HAS_BIAS=bias is not None,
+        SPARSE_TARGET=target is None,
+        HAS_LABEL_WEIGHT=label_weight is not None,
+        HAS_POS_WEIGHT=pos_weight is not None,
+        HAS_ROW_SCALE=row_scale is not None,
+        WRITE_GRAD=grad is not None,
+        DOT_PRECISION=_dot_precision(input.dtype),
+        DOT_IN_FP32=TRITON_INTERPRETED,
+    )
+    if TRITON_INTERPRETED:  # the interpreter cannot benchmark configs: the heuristic one
+        config = kernels.HEURISTIC_CONFIG
+        grid = (triton.cdiv(rows, config["BLOCK_B"]), triton.cdiv(labels, config["BLOCK_L"]))
+        kernels.linear_soft_margin_chunk.fn[grid](*args, **constexprs, **config)
+    else:
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_B"]), triton.cdiv(labels, meta["BLOCK_L"]))
+        kernels.linear_soft_margin_chunk[grid](*args, **constexprs)
+    return partial.sum(dim=1)
+
+
+def _target_chunk_from_positives(
+    rows_of_positives: Tensor, indices: Tensor, rows: int, start: int, stop: int, dtype: torch.dtype
+) -> Tensor:
+    """The dense (rows, stop - start) 0/1 target of a label chunk, from all positives, without a host sync:
+    positives outside the chunk land in a spare column that is cut off."""
+    labels = indices.to(torch.int64)
+    cols = torch.where((labels >= start) & (labels < stop), labels - start, stop - start)
+    chunk = torch.zeros((rows, stop - start + 1), dtype=dtype, device=indices.device)
+    chunk[rows_of_positives, cols] = 1
+    return chunk[:, : stop - start]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Custom op: the chunk loop
+# --------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(
+    "softmargin_triton::linear_soft_margin_forward", mutates_args=("grad_input", "grad_weight", "grad_bias")
+)
+def linear_soft_margin_forward(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
+    label_weight: Tensor | None,
+    pos_weight: Tensor | None,
+    row_scale: Tensor | None,
+    grad_input: Tensor | None,
+    grad_weight: Tensor | None,
+    grad_bias: Tensor | None,
+    grad_scale: float,
+    reduction: str,
+    out_dtype: torch.dtype,
+    use_triton: bool,
+) -> Tensor:
+    """MLSM loss of the logits input·weightᵀ + bias without forming them; writes the gradients asked for.
+
+    input (R, D) float16/bfloat16/float32/float64; weight (L, D) and bias (L,) in input's dtype; the
+    target either dense, `target` (R, L) float/integer/bool, or sparse, `indptr` (R+1,) int64 and
+    `indices` (nnz,) int32/int64 in SparseTargets' form; label_weight, pos_weight (R, L) broadcast views or
+    None; row_scale (R,) float32 (float64 for float64 input) or None, a per-row factor on every gradient.
+    grad_input (R, D),
+    grad_weight (L, D), grad_bias (L,): outputs or None, each d(reduced loss)/d(operand) · grad_scale
+    relative to the reduction's own factor (pass the reduction's factor as grad_scale).
+    Returns the loss: (R,) for 'none', else (), in out_dtype.
+    """
+    rows, dim = input.shape
+    num_labels = weight.shape[0]
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    with_grad = grad_input is not None or grad_weight is not None or grad_bias is not None
+    # Kernel: one G buffer in input's dtype. Torch: G plus its elementwise temporaries.
+    bytes_per_element = (
+        input.element_size() if use_triton else _REFERENCE_TEMPORARIES * compute_dtype.itemsize
+    )
+    chunk = chunk_labels(rows, num_labels, bytes_per_element)
+    row_sums = torch.zeros(rows, dtype=compute_dtype, device=input.device)
+    grad_input_sum = torch.zeros((rows, dim), dtype=compute_dtype, device=input.device) if with_grad else None
+    grad_buffer = input.new_empty((rows, chunk)) if with_grad and use_triton else None
+    rows_of_positives = None if indptr is None or use_triton else positive_rows(indptr, indices.numel())
+    for start in range(0, num_labels, chunk):
+        stop = min(start + chunk, num_labels)
+        if use_triton:
+            grad = None if grad_buffer is None else grad_buffer[:, : stop - start]
+            row_sums += _chunk_triton(
+                input,
+                weight,
+                bias,
+                target,
+                indptr,
+                indices,
+                label_weight,
+                pos_weight,
+                row_scale,
+                grad,
+                start,
+                stop,
+            )
+        else:
+            target_chunk = (
+                target[:, start:stop]
+                if target is not None
+                else _target_chunk_from_positives(rows_of_positives, indices, rows, start, stop, input.dtype)
+            )
+            row_loss, grad = linear_soft_margin_chunk_reference(
+                input,
+                weight[start:stop],
+                None if bias is None else bias[start:stop],
+                target_chunk,
+                None if label_weight is None else label_weight[:, start:stop],
+                None if pos_weight is None else pos_weight[:, start:stop],
+                row_scale,
+                with_grad,
+            )
+            row_sums += row_loss
+        if not with_grad:
+            continue
+        # The reduction's factor enters here, in fp32 (GEMM alpha), so an fp16 G never holds it.
+        if grad_input is not None:
+            grad_input_sum += grad @ weight[start:stop]
+        if grad_weight is not None:
+            torch.addmm(
+                grad_weight[start:stop], grad.T, input, beta=0, alpha=grad_scale, out=grad_weight[start:stop]
+            )
+        if grad_bias is not None:
+            grad_bias[start:stop] = grad.sum(dim=0, dtype=compute_dtype) * grad_scale
+    if grad_input is not None:
+        grad_input.copy_(grad_input_sum * grad_scale)
+    return reduce_row_sums(row_sums, "mlsm", reduction, num_labels).to(out_dtype)
+
+
+@linear_soft_margin_forward.register_fake
+def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, row_scale, *rest):
+    reduction, out_dtype = rest[-3], rest[-2]
+    return input.new_empty((input.shape[0],) if reduction == "none" else (), dtype=out_dtype)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------------------
+
+
+class _LinearSoftMarginFunction(torch.autograd.Function):
+    """Gradients for input, weight and bias; callers route targets and weights that need one elsewhere.
+
+    target is a (R, L) tensor or a SparseTargets of shape (R, L).
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, target, label_weight, pos_weight, reduction, out_dtype, use_triton):
+        ctx.reduction, ctx.out_dtype, ctx.use_triton = reduction, out_dtype, use_triton
+        ctx.operands = (target, label_weight, pos_weight)
+        needs = ctx.needs_input_grad[:3]
+        grads = (None, None, None)
+        if reduction != "none" and any(needs):  # the gradients now; the backward only scales them
+            grads = tuple(
+                torch.empty_like(t) if need and t is not None else None
+                for t, need in zip((input, weight, bias), needs, strict=True)
+            )
+        loss = _linear_forward(
+            input, weight, bias, ctx.operands, reduction, out_dtype, use_triton, None, grads
+        )
+        if reduction == "none":
+            ctx.save_for_backward(input, weight, bias)
+        else:
+            ctx.save_for_backward(*grads)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        if ctx.reduction != "none":
+            # In place, so a second backward through the same graph fails autograd's version check.
+            grads = ctx.saved_tensors
+            for grad in grads:
+                if grad is not None:
+                    soft_margin_scale_grad_(grad.view(-1, grad.shape[-1]), grad_loss, 1.0, ctx.use_triton)
+        else:
+            input, weight, bias = ctx.saved_tensors
+            needs = ctx.needs_input_grad[:3]
+            grads = tuple(
+                torch.empty_like(t) if need and t is not None else None
+                for t, need in zip((input, weight, bias), needs, strict=True)
+            )
+            row_scale = grad_loss.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+            _linear_forward(
+                input, weight, bias, ctx.operands, "none", ctx.out_dtype, ctx.use_triton, row_scale, grads
+            )
+        return (*grads, None, None, None, None, None, None)
+
+
+def _linear_forward(input, weight, bias, operands, reduction, out_dtype, use_triton, row_scale, grads):
+    target, label_weight, pos_weight = operands
+    sparse = isinstance(target, SparseTargets)
+    return linear_soft_margin_forward(
+        input,
+        weight,
+        bias,
+        None if sparse else target,
+        target.indptr if sparse else None,
+        target.indices if sparse else None,
+        label_weight,
+        pos_weight,
+        row_scale,
+        *grads,
+        1.0 / weight.shape[0] / (input.shape[0] if reduction == "mean" else 1),
+        reduction,
+        out_dtype,
+        use_triton,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Functional API and module
+# --------------------------------------------------------------------------------------------------------
+
+
+def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def linear_multilabel_soft_margin_loss(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor | SparseTargets,
+    bias: Tensor | None = None,
+    *,
+    label_weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """`multilabel_soft_margin_loss(F.linear(input, weight, bias), target, weight=label_weight)` without
+    ever forming the (..., L) logits, nor their gradient.
+
+    Args:
+        input: (..., D) float16/bfloat16/float32/float64 features.
+        weight: (L, D) classifier, input's dtype.
+        target: (..., L) float/integer/bool, or a SparseTargets of shape (N, L) for a (N, D) input.
+        bias: (L,) or None.
+        label_weight: weight of each term, broadcastable to (..., L) (MLSM's `weight`).
+        pos_weight: weight of the positive term, broadcastable to (..., L), as in BCEWithLogitsLoss.
+        reduction: 'none' → input.shape[:-1]; 'mean' / 'sum' → ().
+
+    Returns:
+        The loss, in the type promotion of input, target (input's dtype for SparseTargets) and label_weight.
+        Gradients flow to input, weight and bias. Memory beyond the outputs: one (N, L_c) gradient chunk,
+        L_c chosen so that it fits `SOFTMARGIN_TRITON_SCRATCH_MB` (default 64), plus an fp32 (N, D) sum.
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{reduction!r} is not a valid value for reduction: use 'none', 'mean' or 'sum'")
+    if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"input (..., D) and weight (L, D) disagree: input {tuple(input.shape)}, "
+            f"weight {tuple(weight.shape)}"
+        )
+    if (
+        input.dtype not in _FLOAT_DTYPES
+        or weight.dtype != input.dtype
+        or (bias is not None and bias.dtype != input.dtype)
+    ):
+        raise TypeError(
+            "input, weight and bias must share one floating dtype, got "
+            f"{input.dtype}, {weight.dtype}{'' if bias is None else f', {bias.dtype}'}"
+        )
+    num_labels = weight.shape[0]
+    if bias is not None and bias.shape != (num_labels,):
+        raise ValueError(f"bias must have shape ({num_labels},), got {tuple(bias.shape)}")
+    shape = (*input.shape[:-1], num_labels)
+    sparse = isinstance(target, SparseTargets)
+    if tuple(target.shape) != shape:
+        raise ValueError(f"target of shape {tuple(target.shape)} does not match the logits' shape {shape}")
+    for name, operand in (("label_weight", label_weight), ("pos_weight", pos_weight)):
+        if operand is not None and not _broadcasts_to(operand.shape, shape):
+            raise ValueError(
+                f"{name} of shape {tuple(operand.shape)} cannot broadcast to the logits' {shape}"
+            )
+    out_dtype = input.dtype if sparse else torch.promote_types(input.dtype, target.dtype)
+    if label_weight is not None and label_weight.dim() > 0:
+        out_dtype = torch.promote_types(out_dtype, label_weight.dtype)
+
+    differentiable = [t for t in (label_weight, pos_weight, None if sparse else target) if t is not None]
+    if math.prod(shape) == 0 or (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)):
+        # Gradients for the target or weights, or an empty problem: torch's own path over the logits.
+        logits = F.linear(input, weight, bias)
+        dense = target.to_dense(input.dtype) if sparse else target
+        if pos_weight is None:
+            return multilabel_soft_margin_loss(logits, dense, label_weight, reduction=reduction)
+        terms = F.binary_cross_entropy_with_logits(
+            logits, dense.to(logits.dtype), label_weight, reduction="none", pos_weight=pos_weight
+        )
+        per_row = terms.sum(dim=-1) / num_labels
+        return {"none": per_row, "mean": per_row.mean(), "sum": per_row.sum()}[reduction].to(out_dtype)
+
+    rows = math.prod(input.shape[:-1])
+    flat_input = input.reshape(rows, input.shape[-1])
+    flat_target = target if sparse else target.reshape(rows, num_labels)
+
+    def rows_view(operand):
+        return None if operand is None else operand.expand(shape).reshape(rows, num_labels)
+
+    loss = _LinearSoftMarginFunction.apply(
+        flat_input,
+        weight,
+        bias,
+        flat_target,
+        rows_view(label_weight),
+        rows_view(pos_weight),
+        reduction,
+        out_dtype,
+        use_triton_for(input) and input.dtype != torch.float64,  # the kernel computes in fp32
+    )
+    return loss.view(input.shape[:-1]) if reduction == "none" else loss
+
+
+class LinearMultiLabelSoftMarginLoss(nn.Module):
+    """A linear classifier over `num_labels` labels with the fused MLSM loss as its training objective.
+
+    `forward(input, target)` returns the loss of `input` (..., in_features) against `target` (dense
+    (..., num_labels) or SparseTargets) without forming the logits; `logits(input)` and the streaming
+    `topk(input, k)` serve inference.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        bias: bool = True,
+        *,
+        label_weight: Tensor | None = None,
+        pos_weight: Tensor | None = None,
+        reduction: str = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.num_labels, self.reduction = in_features, num_labels, reduction
+        self.weight = nn.Parameter(torch.empty((num_labels, in_features), device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(num_labels, device=device, dtype=dtype)) if bias else None
+        self.register_buffer("label_weight", label_weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialization."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor, target: Tensor | SparseTargets) -> Tensor:
+        return linear_multilabel_soft_margin_loss(
+            input,
+            self.weight,
+            target,
+            self.bias,
+            label_weight=self.label_weight,
+            pos_weight=self.pos_weight,
+            reduction=self.reduction,
+        )
+
+    def logits(self, input: Tensor) -> Tensor:
+        """The full (..., num_labels) logits; for small label counts or a slice of the batch."""
+        return F.linear(input, self.weight, self.bias)
+
+    @torch.no_grad()
+    def topk(self, input: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The k largest logits of each row and their label ids, (..., k) each, best first, computed over
+        label chunks of the scratch budget: the (..., num_labels) logits are never held."""
+        if not 0 < k <= self.num_labels:
+            raise ValueError(f"k must be in [1, num_labels={self.num_labels}], got {k}")
+        rows = math.prod(input.shape[:-1])
+        chunk = max(chunk_labels(rows, self.num_labels, 4), k)  # one fp32-sized logits chunk
+        best_values = best_labels = None
+        for start in range(0, self.num_labels, chunk):
+            stop = min(start + chunk, self.num_labels)
+            bias = None if self.bias is None else self.bias[start:stop]
+            values, labels = F.linear(input, self.weight[start:stop], bias).topk(min(k, stop - start), dim=-1)
+            labels += start
+            if best_values is not None:
+                values, labels = torch.cat([best_values, values], -1), torch.cat([best_labels, labels], -1)
+                values, order = values.topk(k, dim=-1)
+                labels = labels.gather(-1, order)
+            best_values, best_labels = values, labels
+        return best_values, best_labels
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_labels={self.num_labels}, bias={self.bias is not None}, "
+            f"reduction={self.reduction!r}"
+        )

@@ -1,0 +1,252 @@
+"""linear_multilabel_soft_margin_loss and LinearMultiLabelSoftMarginLoss against F.linear + torch's loss.
+
+Small odd sizes, and a scratch budget so small that every call walks several label chunks. Values and the
+gradients of input, weight and bias against float64 torch; dense and sparse targets; both backends.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, REDUCTIONS, assert_close, zipf_label_lists
+
+import softmargin_triton as st
+
+ROWS, DIM, LABELS = 5, 19, 37
+CHUNK = 16  # labels per chunk under the `small_chunks` fixture: 37 labels → 3 chunks, the last partial
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """A scratch budget of CHUNK labels' gradient for ROWS float32 rows (the torch path's temporaries
+    count 8 times, so it takes 2 labels a chunk): many chunks at test sizes."""
+    monkeypatch.setenv(st.SCRATCH_ENV_VAR, str(ROWS * CHUNK * 4 / 2**20))
+
+
+def torch_loss(input, weight, target, bias=None, label_weight=None, pos_weight=None, reduction="mean"):
+    """The definition: torch's MLSM over F.linear's logits; with pos_weight, BCE's terms summed over the
+    labels and divided by L, as MLSM does."""
+    logits = F.linear(input, weight, bias)
+    if pos_weight is None:
+        return F.multilabel_soft_margin_loss(logits, target, label_weight, reduction=reduction)
+    terms = F.binary_cross_entropy_with_logits(
+        logits, target.to(logits.dtype), label_weight, reduction="none", pos_weight=pos_weight
+    )
+    per_row = terms.sum(dim=-1) / weight.shape[0]
+    return {"none": per_row, "mean": per_row.mean(), "sum": per_row.sum()}[reduction]
+
+
+def problem(dtype=torch.float32, rows=ROWS, dim=DIM, labels=LABELS):
+    """input, weight, bias (scaled so logits spread over a few units) and Zipf sparse targets."""
+    input = torch.randn(rows, dim, device=DEVICE, dtype=torch.float64)
+    weight = torch.randn(labels, dim, device=DEVICE, dtype=torch.float64) * (2 / dim**0.5)
+    bias = torch.randn(labels, device=DEVICE, dtype=torch.float64)
+    targets = st.SparseTargets.from_lists(zipf_label_lists(rows, labels), labels, DEVICE)
+    return input.to(dtype), weight.to(dtype), bias.to(dtype), targets
+
+
+def grads(fn, operands, grad_output=None):
+    """(loss, gradients of loss·grad_output w.r.t. each operand) for fresh leaf copies."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in operands]
+    loss = fn(*leaves)
+    go = torch.ones_like(loss) if grad_output is None else grad_output
+    needing = [t for t in leaves if t is not None]
+    return loss, torch.autograd.grad(loss, needing, go)
+
+
+WEIGHTINGS = ["none", "label", "pos", "label+pos"]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_matches_float64_torch(backend, small_chunks, sparse, with_bias, weighting, reduction):
+    input, weight, bias, targets = problem()
+    target = targets if sparse else targets.to_dense()
+    label_weight = torch.rand(LABELS, device=DEVICE) + 0.5 if "label" in weighting else None
+    pos_weight = torch.rand(LABELS, device=DEVICE) * 3 if "pos" in weighting else None
+    operands = (input, weight, bias if with_bias else None)
+
+    def ours(e, w, b):
+        return st.linear_multilabel_soft_margin_loss(
+            e, w, target, b, label_weight=label_weight, pos_weight=pos_weight, reduction=reduction
+        )
+
+    def theirs(e, w, b):
+        return torch_loss(e, w, targets.to_dense(e.dtype), b, label_weight, pos_weight, reduction)
+
+    go = torch.rand(ROWS, device=DEVICE) + 0.5 if reduction == "none" else torch.tensor(1.7, device=DEVICE)
+    loss, our_grads = grads(ours, operands, go)
+    expected, expected_grads = grads(
+        theirs, [None if t is None else t.double() for t in operands], go.double()
+    )
+    assert loss.dtype == torch.float32
+    assert_close(loss, expected)
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert grad.dtype == torch.float32
+        assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_kernel_against_float64(poisoned_allocations, small_chunks, dtype, sparse):
+    rows, dim, labels = 33, 40, 300  # several row blocks, a partial reduction block, several chunks
+    input, weight, bias, targets = problem(dtype, rows, dim, labels)
+    target = targets if sparse else targets.to_dense(torch.uint8)
+    label_weight = torch.rand(labels, device=DEVICE) + 0.5
+    pos_weight = torch.rand(labels, device=DEVICE) * 3
+
+    def ours(e, w, b):
+        return st.linear_multilabel_soft_margin_loss(
+            e, w, target, b, label_weight=label_weight, pos_weight=pos_weight
+        )
+
+    with st.use_backend("triton"):
+        loss, our_grads = grads(ours, (input, weight, bias), torch.tensor(0.6, device=DEVICE))
+    expected, expected_grads = grads(
+        lambda e, w, b: torch_loss(e, w, targets.to_dense(torch.float64), b, label_weight, pos_weight),
+        (input.double(), weight.double(), bias.double()),
+        torch.tensor(0.6, device=DEVICE, dtype=torch.float64),
+    )
+    # Logits of rounded operands, summed over D in fp32: the loss to fp32's tolerance, gradients (G rounded
+    # to `dtype` before two GEMMs) to `dtype`'s.
+    assert_close(loss, expected, torch.float32 if dtype == torch.float32 else dtype)
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert grad.dtype == dtype
+        assert_close(grad, expected_grad, dtype)
+
+
+def test_leading_dimensions_and_no_grad(backend, small_chunks):
+    input, weight, bias, targets = problem(rows=6)
+    dense = targets.to_dense().view(2, 3, LABELS)
+    x = input.view(2, 3, DIM)
+    for reduction in REDUCTIONS:
+        loss = st.linear_multilabel_soft_margin_loss(x, weight, dense, bias, reduction=reduction)
+        assert_close(
+            loss, torch_loss(x.double(), weight.double(), dense.double(), bias.double(), reduction=reduction)
+        )
+    with torch.no_grad():
+        loss = st.linear_multilabel_soft_margin_loss(x.requires_grad_(True), weight, dense, bias)
+    assert loss.grad_fn is None
+
+
+def test_label_weight_needing_grad_takes_torch_path(backend):
+    input, weight, bias, targets = problem()
+    label_weight = (torch.rand(LABELS, device=DEVICE) + 0.5).requires_grad_(True)
+    loss = st.linear_multilabel_soft_margin_loss(input, weight, targets, bias, label_weight=label_weight)
+    expected = torch_loss(input, weight, targets.to_dense(), bias, label_weight)
+    assert_close(loss, expected)
+    assert_close(torch.autograd.grad(loss, label_weight)[0], torch.autograd.grad(expected, label_weight)[0])
+
+
+def test_module_forward_logits_topk(backend, small_chunks):
+    torch.manual_seed(0)
+    module = st.LinearMultiLabelSoftMarginLoss(DIM, LABELS, device=DEVICE)
+    reference = torch.nn.Linear(DIM, LABELS, device=DEVICE)
+    torch.manual_seed(0)
+    reference.reset_parameters()
+    assert torch.equal(module.weight, reference.weight)  # nn.Linear's initialization
+    assert set(module.state_dict()) == {"weight", "bias"}
+    input, _, _, targets = problem()
+    assert_close(module(input, targets), torch_loss(input, module.weight, targets.to_dense(), module.bias))
+    logits = module.logits(input)
+    assert_close(logits, reference(input))
+    for k in (1, 5, LABELS):
+        values, labels = module.topk(input, k)
+        expected_values, _ = logits.topk(k, dim=-1)
+        assert_close(values, expected_values)
+        assert torch.equal(logits.gather(-1, labels), values)  # the ids point at those logits
+    with pytest.raises(ValueError, match="k must be"):
+        module.topk(input, LABELS + 1)
+
+
+def test_compile_fullgraph(backend):
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(7, DIM, device=DEVICE)
+    head = st.LinearMultiLabelSoftMarginLoss(DIM, LABELS, device=DEVICE)
+    features, (_, _, _, targets) = torch.randn(ROWS, 7, device=DEVICE), problem()
+
+    def step(features, targets):
+        return head(torch.relu(encoder(features)), targets)
+
+    loss = torch.compile(step, fullgraph=True)(features, targets)
+    grad_weight, grad_encoder = torch.autograd.grad(loss, (head.weight, encoder.weight))
+    expected = torch_loss(torch.relu(encoder(features)), head.weight, targets.to_dense(), head.bias)
+    expected_weight, expected_encoder = torch.autograd.grad(expected, (head.weight, encoder.weight))
+    assert_close(loss, expected)
+    assert_close(grad_weight, expected_weight)
+    assert_close(grad_encoder, expected_encoder)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w[:, :-1], t), ValueError, "disagree"),
+        (lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w.double(), t), TypeError, "share one"),
+        (lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w[:-1], t), ValueError, "target of shape"),
+        (lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w, t, torch.zeros(3)), ValueError, "bias"),
+        (
+            lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w, t, reduction="avg"),
+            ValueError,
+            "reduction",
+        ),
+        (
+            lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w, t, label_weight=torch.ones(3)),
+            ValueError,
+            "label_weight",
+        ),
+    ],
+    ids=["dim", "dtype", "labels", "bias-shape", "reduction", "label-weight-shape"],
+)
+def test_bad_input_raises(backend, call, error, match):
+    input, weight, _, targets = problem()
+    with pytest.raises(error, match=match):
+        call(input, weight, targets)
+
+
+def test_fallback_memory_stays_far_below_the_logits():
+    """B×L float32 logits would be 1 GiB; the chunked torch path's peak must stay below a quarter of it."""
+    script = textwrap.dedent(
+        """
+        import resource, torch, softmargin_triton as st
+        rows, dim, labels = 512, 16, 2**19
+        torch.manual_seed(0)
+        input = torch.randn(rows, dim, requires_grad=True)
+        weight = (torch.randn(labels, dim) * 0.25).requires_grad_(True)
+        targets = st.SparseTargets.from_lists([[i, 7 * i + 3] for i in range(rows)], labels)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with st.use_backend("torch"):
+            loss = st.linear_multilabel_soft_margin_loss(input, weight, targets)
+            loss.backward()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((peak - base) * 1024, float(loss), float(weight.grad.abs().sum()))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    peak_bytes, loss, grad_sum = map(float, out.stdout.split())
+    logits_bytes = 512 * 2**19 * 4
+    assert loss > 0 and grad_sum > 0
+    # dW itself (32 MiB) plus the chunk working set
+    assert peak_bytes < logits_bytes / 4, f"peak {peak_bytes / 2**20:.0f} MiB"
+
+
+@pytest.mark.gpu
+def test_gpu_realistic_size(poisoned_allocations):
+    """B=1024, D=256, L=131072 bf16 with Zipf targets against fp32 torch on the full logits."""
+    rows, dim, labels = 1024, 256, 131072
+    input, weight, bias, targets = problem(torch.bfloat16, rows, dim, labels)
+    loss, our_grads = grads(
+        lambda e, w, b: st.linear_multilabel_soft_margin_loss(e, w, targets, b), (input, weight, bias)
+    )
+    expected, expected_grads = grads(
+        lambda e, w, b: torch_loss(e, w, targets.to_dense(), b), (input.float(), weight.float(), bias.float())
+    )
+    assert_close(loss, expected, torch.float32)
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert_close(grad, expected_grad, torch.bfloat16)
