@@ -3,7 +3,8 @@
     python bench/plot.py [FOLDER_OR_CSV ...]     (default: bench-out)
 
 PNGs next to each CSV, fwd+bwd ('full' mode). Dense sweep: one PNG per (metric, target dtype), one line
-per provider. Sparse sweep: one PNG per metric, one line per (provider, target).
+per provider. Sparse sweep: one PNG per metric, one line per (provider, target). Linear sweep: one PNG per
+(metric, B, D), one line per (provider, target).
 """
 
 import argparse
@@ -21,22 +22,30 @@ METRICS = {
     "memory": ("peak extra memory (MB)", True),
     "target_memory": ("target memory (MB)", True),
     "roofline": ("% of copy bandwidth (minimal bytes)", False),
+    "tflops": ("TFLOP/s (6·B·D·L flop)", False),
+    "gemm_roofline": ("% of the 3-GEMM floor", False),
 }
+
+
+def figure_of(kernel: str, config: dict) -> str:
+    """Dense sweep: a figure per target dtype; sparse: one for all targets; linear: one per (B, D)."""
+    if kernel.startswith("linear"):
+        return f"B{config['batch']}-D{config['dim']}"
+    return "all" if kernel.endswith("_sparse") else config["target_dtype"]
 
 
 def plot_csv(path: Path) -> list[Path]:
     frame = pd.read_csv(path)
     frame = frame[frame["mode"] == "full"]
     config = frame["extra_config"].map(json.loads)
-    sparse = frame["kernel"].str.endswith("_sparse")
+    dense = frame["kernel"] == "multilabel_soft_margin_loss_dense"
     frame = frame.assign(
         target_dtype=config.map(lambda c: c["target_dtype"]),
         dtype=config.map(lambda c: c["dtype"]),
         batch=config.map(lambda c: c["batch"]),
-        # The dense sweep draws one figure per target dtype, the sparse sweep all targets in one.
-        figure=config.map(lambda c: c["target_dtype"]).where(~sparse, "all"),
+        figure=[figure_of(kernel, c) for kernel, c in zip(frame["kernel"], config, strict=True)],
         line=frame["provider"].where(
-            ~sparse, frame["provider"] + " (" + config.map(lambda c: c["target_dtype"]) + ")"
+            dense, frame["provider"] + " (" + config.map(lambda c: c["target_dtype"]) + ")"
         ),
     )
     written = []
@@ -54,11 +63,12 @@ def plot_csv(path: Path) -> list[Path]:
         if log_y:
             ax.set_yscale("log")
         first = group.iloc[0]
-        targets = "sparse positives vs dense" if figure == "all" else f"{figure}"
-        ax.set_title(
-            f"{kernel}, fwd+bwd — {first['gpu_name']}\n"
-            f"{first['dtype']} logits, {targets} targets, B={first['batch']}"
-        )
+        if kernel.startswith("linear"):
+            subtitle = f"{first['dtype']}, sparse targets, {figure.replace('-', ', ')}"
+        else:
+            targets = "sparse positives vs dense" if figure == "all" else figure
+            subtitle = f"{first['dtype']} logits, {targets} targets, B={first['batch']}"
+        ax.set_title(f"{kernel}, fwd+bwd — {first['gpu_name']}\n{subtitle}")
         ax.set_xlabel("labels L")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)

@@ -5,13 +5,17 @@
 dense:  multilabel_soft_margin_loss over a dense (B, L) target, per target dtype.
 sparse: the same loss with Zipf-distributed positive labels (~5.45 per row, as Amazon-670K): ours with
         SparseTargets, against ours and torch's losses on the dense equivalent.
-On a CUDA machine the defaults are B=4096, bf16 logits, L = 2^14 … 2^20 (dense) and L ∈ {131072, 670091,
-2^21} (sparse); on CPU a small sweep of the CPU paths (B=64, fp32, L up to 2^14) that takes about a minute.
+linear: linear_multilabel_soft_margin_loss (sparse targets) against eager and compiled F.linear + MLSM
+        and our chunked plain-torch loop, per (B, D), with the 3-GEMM floor at a GEMM rate measured here.
+On a CUDA machine the defaults are B=4096, bf16, L = 2^14 … 2^20 (dense), L ∈ {131072, 670091, 2^21}
+(sparse, linear; linear at B ∈ {1024, 8192}, D ∈ {256, 768}); on CPU a small sweep of the CPU paths
+(B=64, fp32, L up to 2^14) that takes about a minute.
 Each sweep writes <sweep>_sweep.csv; plot with bench/plot.py.
 """
 
 import argparse
 import datetime
+import functools
 import json
 import statistics
 import subprocess
@@ -34,7 +38,7 @@ PROVIDERS: dict[str, Callable] = {
     "torch-mlsm-compile": torch.compile(F.multilabel_soft_margin_loss),
     "torch-bce-compile": torch.compile(F.binary_cross_entropy_with_logits),
 }
-SWEEPS = ("dense", "sparse")
+SWEEPS = ("dense", "sparse", "linear")
 SPARSE_DEFAULT_PROVIDERS = ["softmargin-triton", "torch-mlsm", "torch-bce"]
 MODES = ("forward", "backward", "full")
 QUANTILES = (0.5, 0.2, 0.8)
@@ -91,14 +95,16 @@ def target_bytes(target: torch.Tensor | st.SparseTargets) -> int:
     return target.nbytes
 
 
-def measure(loss_fn: Callable, mode: str, x: torch.Tensor, target, device: str):
-    """(time quantiles in ms, peak extra memory in bytes or None) of one loss on one problem."""
+def measure(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor], mode: str, device: str):
+    """(time quantiles in ms, peak extra memory in bytes or None) of one loss on one problem; `leaves` are
+    the tensors that receive gradients."""
 
-    def forward():
-        return loss_fn(x, target)
+    def clear_grads():
+        for leaf in leaves:
+            leaf.grad = None  # a fresh .grad each step, as after optimizer.zero_grad(): no accumulation
 
     def full():
-        x.grad = None  # a fresh .grad each step, as after optimizer.zero_grad(): no accumulation pass
+        clear_grads()
         forward().backward()
 
     if mode == "backward":
@@ -109,7 +115,7 @@ def measure(loss_fn: Callable, mode: str, x: torch.Tensor, target, device: str):
         return tuple(max(a - b, 0.0) for a, b in zip(full_ms, forward_ms, strict=True)), None
     fn = full if mode == "full" else forward
     forward().backward()  # compile and autotune outside the timed region
-    x.grad = None
+    clear_grads()
     peak = None
     if device == "cuda":
         torch.cuda.synchronize()
@@ -160,7 +166,8 @@ def result_rows(
 
 def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> pd.DataFrame:
     dtype = DTYPES[args.dtype]
-    providers = args.providers or (SPARSE_DEFAULT_PROVIDERS if sweep == "sparse" else list(PROVIDERS))
+    default = SPARSE_DEFAULT_PROVIDERS if sweep == "sparse" else list(PROVIDERS)
+    providers = [p for p in args.providers if p in PROVIDERS] if args.providers else default
     labels_list = args.labels or default_labels(sweep, device)
     pairs = cases(sweep, args.targets, providers, args.dtype)
     rows = []
@@ -203,7 +210,7 @@ def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> p
                     "extra_config": json.dumps(config),
                 }
                 try:
-                    measured = measure(PROVIDERS[provider], mode, x, target, device)
+                    measured = measure(functools.partial(PROVIDERS[provider], x, target), [x], mode, device)
                     rows += result_rows(
                         row,
                         measured,
@@ -225,6 +232,125 @@ def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> p
     frame = pd.DataFrame(rows)
     frame["copy_bandwidth_gbs"] = copy_gbs
     return frame
+
+
+def _torch_linear_mlsm(input, weight, target):
+    return F.multilabel_soft_margin_loss(F.linear(input, weight), target)
+
+
+def _chunked_torch_loop(input, weight, target):
+    with st.use_backend("torch"):  # our label-chunked fallback: plain torch, never the B×L logits
+        return st.linear_multilabel_soft_margin_loss(input, weight, target)
+
+
+# Fused linear + loss providers; torch's take the dense target, ours and the chunked loop SparseTargets.
+LINEAR_PROVIDERS: dict[str, Callable] = {
+    "softmargin-triton": st.linear_multilabel_soft_margin_loss,
+    "torch-chunked": _chunked_torch_loop,
+    "torch-linear-mlsm": _torch_linear_mlsm,
+    "torch-linear-mlsm-compile": torch.compile(_torch_linear_mlsm),
+}
+
+
+def gemm_tflops(batch: int, dim: int, dtype: torch.dtype, device: str) -> float:
+    """Measured rate of a (batch, dim) × (dim, 16384) GEMM in TFLOP/s: the roofline of the linear loss."""
+    a = torch.randn(batch, dim, device=device, dtype=dtype)
+    b = torch.randn(dim, 16384, device=device, dtype=dtype)
+    ms, _, _ = time_ms(lambda: a @ b, device)
+    return 2 * batch * dim * 16384 / ms / 1e9
+
+
+def run_linear_sweep(args, device: str, common: dict) -> pd.DataFrame:
+    """Fused linear + MLSM, fwd+bwd over labels, per (batch, dim): time, memory, TFLOP/s and % of the
+    3-GEMM floor (6·B·D·L flop at the GEMM rate measured here)."""
+    dtype = DTYPES[args.dtype]
+    labels_list = args.labels or default_labels("linear", device)
+    providers = (
+        [p for p in args.providers if p in LINEAR_PROVIDERS] if args.providers else list(LINEAR_PROVIDERS)
+    )
+    shapes = [(batch, dim) for batch in args.linear_batches for dim in args.dims]
+    rows = []
+    progress = tqdm(
+        total=len(shapes) * len(labels_list) * len(providers) * len(args.modes), desc="linear sweep"
+    )
+    for batch, dim in shapes:
+        rate = gemm_tflops(batch, dim, dtype, device)
+        for labels in labels_list:
+            input = torch.randn(batch, dim, device=device, dtype=dtype).requires_grad_(True)
+            weight = (torch.randn(labels, dim, device=device, dtype=dtype) / dim**0.5).requires_grad_(True)
+            sparse = zipf_targets(batch, labels, device)
+            config = {
+                "batch": batch,
+                "dim": dim,
+                "dtype": args.dtype,
+                "reduction": "mean",
+                "gemm_tflops": rate,
+            }
+            config["positives_per_row"] = sparse.nnz / batch
+            for provider in providers:
+                dense = provider.startswith("torch-linear")
+                target = sparse.to_dense(dtype) if dense else sparse
+                config["target_dtype"] = args.dtype if dense else "sparse"
+                for mode in args.modes:
+                    row = {
+                        **common,
+                        "kernel": "linear_multilabel_soft_margin_loss",
+                        "provider": provider,
+                        "mode": mode,
+                        "x_value": labels,
+                        "extra_config": json.dumps(config),
+                    }
+                    forward = functools.partial(LINEAR_PROVIDERS[provider], input, weight, target)
+                    try:
+                        (t50, t20, t80), peak = measure(forward, [input, weight], mode, device)
+                    except Exception as error:  # OOM, compile failure: recorded, and the sweep goes on
+                        rows.append(
+                            {
+                                **row,
+                                "metric": "error",
+                                "unit": "",
+                                "error": f"{type(error).__name__}: {error}"[:300],
+                            }
+                        )
+                        input.grad = weight.grad = None
+                        if device == "cuda":
+                            torch.cuda.empty_cache()
+                        progress.update()
+                        continue
+                    rows.append(
+                        {**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80}
+                    )
+                    if peak is not None:
+                        rows.append({**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20})
+                    if mode == "full":
+                        flop = 6 * batch * dim * labels
+                        tflops = [flop / t / 1e9 for t in (t50, t80, t20)]
+                        rows.append(
+                            {
+                                **row,
+                                "metric": "tflops",
+                                "unit": "TFLOP/s",
+                                "y_50": tflops[0],
+                                "y_20": tflops[1],
+                                "y_80": tflops[2],
+                            }
+                        )
+                        percent = [100 * t / rate for t in tflops]
+                        rows.append(
+                            {
+                                **row,
+                                "metric": "gemm_roofline",
+                                "unit": "% 3-GEMM floor",
+                                "y_50": percent[0],
+                                "y_20": percent[1],
+                                "y_80": percent[2],
+                            }
+                        )
+                    progress.update()
+                del target
+            del input, weight, sparse
+    progress.close()
+    return pd.DataFrame(rows)
 
 
 def default_labels(sweep: str, device: str) -> list[int]:
@@ -253,10 +379,16 @@ def main() -> None:
     parser.add_argument(
         "--providers",
         nargs="+",
-        choices=list(PROVIDERS),
-        help="default: all for the dense sweep; ours and eager torch for the sparse one",
+        choices=sorted(set(PROVIDERS) | set(LINEAR_PROVIDERS)),
+        help="default: all for the dense and linear sweeps; ours and eager torch for the sparse one",
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--linear-batches", type=int, nargs="+", default=[1024, 8192] if cuda else [64], help="linear sweep B"
+    )
+    parser.add_argument(
+        "--dims", type=int, nargs="+", default=[256, 768] if cuda else [32], help="linear sweep D"
+    )
     args = parser.parse_args()
 
     device = "cuda" if cuda else "cpu"
@@ -272,7 +404,10 @@ def main() -> None:
     copy_gbs = copy_bandwidth_gbs(device)
     args.out.mkdir(parents=True, exist_ok=True)
     for sweep in args.sweeps:
-        frame = run_sweep(sweep, args, device, common, copy_gbs)
+        if sweep == "linear":
+            frame = run_linear_sweep(args, device, common)
+        else:
+            frame = run_sweep(sweep, args, device, common, copy_gbs)
         path = args.out / f"{sweep}_sweep.csv"
         frame.to_csv(path, index=False)
         print(

@@ -24,6 +24,11 @@ def test_sweep_writes_csv_and_plot(tmp_path):
         "--sweeps",
         "dense",
         "sparse",
+        "linear",
+        "--linear-batches",
+        "8",
+        "--dims",
+        "16",
         "--batch",
         "8",
         "--labels",
@@ -35,6 +40,7 @@ def test_sweep_writes_csv_and_plot(tmp_path):
         "uint8",
         "--providers",
         *providers,
+        "torch-linear-mlsm",
     )
     frame = pd.read_csv(tmp_path / "dense_sweep.csv")
     assert "error" not in set(frame["metric"]), frame.get("error")
@@ -74,8 +80,15 @@ def test_sweep_writes_csv_and_plot(tmp_path):
         assert target_mb.loc[("sparse", labels), "y_50"] * 2**20 < 8 * 9 + 4 * 8 * 40
         assert target_mb.loc[("fp32", labels), "y_50"] * 2**20 == 8 * labels * 4
 
+    linear = pd.read_csv(tmp_path / "linear_sweep.csv")
+    assert "error" not in set(linear["metric"]), linear.get("error")
+    assert set(linear["provider"]) == {"softmargin-triton", "torch-linear-mlsm"}  # the sweep's own providers
+    floor = linear[linear["metric"] == "gemm_roofline"]
+    assert len(floor) == 2 * 2 and (floor["y_50"] > 0).all()
+    assert {json.loads(c)["dim"] for c in linear["extra_config"]} == {16}
+
     run("bench/plot.py", str(tmp_path))
-    for png in ("dense_sweep_time_uint8.png", "sparse_sweep_time_all.png"):
+    for png in ("dense_sweep_time_uint8.png", "sparse_sweep_time_all.png", "linear_sweep_time_B8-D16.png"):
         image = matplotlib.image.imread(tmp_path / png)
         assert image.shape[0] > 200 and image.shape[1] > 300
         assert image[..., :3].std() > 0.05, f"{png} is blank"
