@@ -106,14 +106,6 @@ def mark_positives(
 
 
 @triton.jit
-def _store_loss(ptrs, loss, mask):
-    """Store loss values in the pointers' dtype."""
-    if ptrs.dtype.element_ty.primitive_bitwidth == 16:
-        loss = loss.to(tl.float32)  # fp64 → half in two steps (Triton's interpreter mis-rounds one)
-    tl.store(ptrs, loss.to(ptrs.dtype.element_ty), mask=mask)
-
-
-@triton.jit
 def soft_margin_forward_kernel(
     X,
     Y,
@@ -198,7 +190,9 @@ def soft_margin_forward_kernel(
             grad = grad * w
 
         if WRITE_LOSS:
-            _store_loss(LOSS + rows[:, None] * C + cols[None, :], loss, mask)
+            if LOSS.dtype.element_ty.primitive_bitwidth == 16:
+                loss = loss.to(tl.float32)  # fp64 → half in two steps (Triton's interpreter mis-rounds one)
+            tl.store(LOSS + rows[:, None] * C + cols[None, :], loss.to(LOSS.dtype.element_ty), mask=mask)
         if WRITE_PARTIAL:
             acc += tl.where(mask, loss, 0.0)
         if WRITE_GRAD:

@@ -233,12 +233,6 @@ def soft_margin_forward(
     return loss
 
 
-def _loss_shape(rows: int, cols: int, loss_form: str, reduction: str) -> tuple[int, ...]:
-    if reduction != "none":
-        return ()
-    return (rows,) if loss_form == "mlsm" else (rows, cols)
-
-
 @soft_margin_forward.register_fake
 def _(
     input,
@@ -254,7 +248,9 @@ def _(
     out_dtype,
     use_triton,
 ):
-    return input.new_empty(_loss_shape(*input.shape, loss_form, reduction), dtype=out_dtype)
+    rows, cols = input.shape
+    shape = {"none": (rows,) if loss_form == "mlsm" else (rows, cols)}.get(reduction, ())
+    return input.new_empty(shape, dtype=out_dtype)
 
 
 @torch.library.custom_op("softmargin_triton::soft_margin_scale_grad_", mutates_args=("grad",))
