@@ -157,7 +157,10 @@ def linear_soft_margin_chunk_kernel(
         tl.store(G + rows[:, None] * stride_g_row + cols[None, :], grad.to(G.dtype.element_ty), mask=mask)
 
 
+# Configs write different numbers of PARTIAL columns, and the host sums them all: zero the buffer again
+# after every config the autotuner benchmarks, so only the chosen config's partials remain.
 linear_soft_margin_chunk = triton.autotune(
     chunk_configs(),
     key=["D", "SPARSE_TARGET", "HAS_LABEL_WEIGHT", "HAS_POS_WEIGHT", "HAS_ROW_SCALE", "WRITE_GRAD"],
+    reset_to_zero=["PARTIAL"],
 )(linear_soft_margin_chunk_kernel)
