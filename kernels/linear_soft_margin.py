@@ -60,6 +60,7 @@ def linear_soft_margin_chunk_kernel(
     stride_e_col,
     stride_w_row,
     stride_w_col,
+    stride_bias,
     stride_y_row,
     stride_y_col,
     stride_lw_row,
@@ -84,12 +85,13 @@ def linear_soft_margin_chunk_kernel(
 
     E:       (B, D) input features, float16/bfloat16/float32, any strides.
     W:       (L, D) classifier, E's dtype; the chunk's rows start at label_start.
-    BIAS:    (L,) contiguous, E's dtype; read if HAS_BIAS.
+    BIAS:    (L,) E's dtype, any stride; read if HAS_BIAS.
     Y:       (B, L) dense targets (float, integer or bool, any strides); read unless SPARSE_TARGET.
     INDPTR:  (B+1,) int64 and INDICES (nnz,) int32/int64: each row's positive label ids, sorted; read if
              SPARSE_TARGET.
     LW, PW:  (B, L) broadcast views of the label weight and pos_weight, float; read if HAS_*.
-    ROW_SCALE: (B,) float32 per-row gradient factor (grad_output of reduction 'none'); if HAS_ROW_SCALE.
+    ROW_SCALE: (B,) contiguous float32 per-row gradient factor (a recomputing backward's grad_output);
+             read if HAS_ROW_SCALE.
     G:       (B, chunk_labels) gradient of the weighted elementwise loss w.r.t. the chunk's logits (times
              ROW_SCALE), E's dtype, unit column stride; written if WRITE_GRAD. The reduction's factor is
              left to the GEMMs that consume G (their alpha), so fp16 never holds it.
@@ -109,7 +111,7 @@ def linear_soft_margin_chunk_kernel(
 
     acc = tl.zeros([BLOCK_B, BLOCK_L], tl.float32)
     for d0 in tl.range(0, D, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
+        ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)  # int64: a transposed operand's offsets pass 2^31
         d_mask = ds < D
         e = tl.load(
             E + rows[:, None] * stride_e_row + ds[None, :] * stride_e_col,
@@ -127,7 +129,7 @@ def linear_soft_margin_chunk_kernel(
         acc = tl.dot(e, tl.trans(w), acc, input_precision=DOT_PRECISION)
     x = acc
     if HAS_BIAS:
-        x += tl.load(BIAS + labels, mask=col_mask, other=0).to(tl.float32)[None, :]
+        x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
 
     if SPARSE_TARGET:
         tile_start = label_start + pid_l * BLOCK_L

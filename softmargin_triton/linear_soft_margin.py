@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
 from softmargin_triton.reference import linear_soft_margin_chunk_reference, reduce_row_sums
-from softmargin_triton.soft_margin import multilabel_soft_margin_loss, soft_margin_scale_grad_
+from softmargin_triton.soft_margin import _rows_view, multilabel_soft_margin_loss, soft_margin_scale_grad_
 from softmargin_triton.sparse_targets import SparseTargets, positive_rows
 
 if TRITON_IMPORT_ERROR is None:
@@ -101,6 +101,7 @@ def _chunk_triton(
         start,
         *input.stride(),
         *weight.stride(),
+        bias.stride(0) if bias is not None else 0,
         *(target.stride() if target is not None else (0, 0)),
         *(label_weight.stride() if label_weight is not None else (0, 0)),
         *(pos_weight.stride() if pos_weight is not None else (0, 0)),
@@ -144,9 +145,7 @@ def _target_chunk_from_positives(
 # --------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
-    "softmargin_triton::linear_soft_margin_forward", mutates_args=("grad_input", "grad_weight", "grad_bias")
-)
+@torch.library.custom_op("softmargin_triton::linear_soft_margin_forward", mutates_args=())
 def linear_soft_margin_forward(
     input: Tensor,
     weight: Tensor,
@@ -157,36 +156,40 @@ def linear_soft_margin_forward(
     label_weight: Tensor | None,
     pos_weight: Tensor | None,
     row_scale: Tensor | None,
-    grad_input: Tensor | None,
-    grad_weight: Tensor | None,
-    grad_bias: Tensor | None,
     grad_scale: float,
+    input_grad: bool,
+    weight_grad: bool,
+    bias_grad: bool,
     reduction: str,
     out_dtype: torch.dtype,
     use_triton: bool,
-) -> Tensor:
-    """MLSM loss of the logits input·weightᵀ + bias without forming them; writes the gradients asked for.
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MLSM loss of the logits input·weightᵀ + bias without forming them, and the gradients asked for.
 
     input (R, D) float16/bfloat16/float32/float64; weight (L, D) and bias (L,) in input's dtype; the
     target either dense, `target` (R, L) float/integer/bool, or sparse, `indptr` (R+1,) int64 and
     `indices` (nnz,) int32/int64 in SparseTargets' form; label_weight, pos_weight (R, L) broadcast views or
-    None; row_scale (R,) float32 (float64 for float64 input) or None, a per-row factor on every gradient.
-    grad_input (R, D),
-    grad_weight (L, D), grad_bias (L,): outputs or None, each d(reduced loss)/d(operand) · grad_scale
-    relative to the reduction's own factor (pass the reduction's factor as grad_scale).
-    Returns the loss: (R,) for 'none', else (), in out_dtype.
+    None; row_scale (R,) contiguous float32 (float64 for float64 input) or None, a per-row factor on the
+    gradients. Returns (loss, grad_input (R, D), grad_weight (L, D), grad_bias (L,)): the loss (R,) for
+    'none', else (), in out_dtype; each gradient, of Σ_rows row_scale·(row's weighted elementwise loss) times
+    grad_scale, if asked for, else an empty tensor.
     """
     rows, dim = input.shape
     num_labels = weight.shape[0]
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    with_grad = grad_input is not None or grad_weight is not None or grad_bias is not None
+    grad_input = input.new_empty((rows, dim) if input_grad else (0,))
+    grad_weight = weight.new_empty((num_labels, dim) if weight_grad else (0,))
+    grad_bias = weight.new_empty((num_labels,) if bias_grad else (0,))
+    with_grad = input_grad or weight_grad or bias_grad
     # Kernel: one G buffer in input's dtype. Torch: G plus its elementwise temporaries.
     bytes_per_element = (
         input.element_size() if use_triton else _REFERENCE_TEMPORARIES * compute_dtype.itemsize
     )
     chunk = chunk_labels(rows, num_labels, bytes_per_element)
     row_sums = torch.zeros(rows, dtype=compute_dtype, device=input.device)
-    grad_input_sum = torch.zeros((rows, dim), dtype=compute_dtype, device=input.device) if with_grad else None
+    grad_input_sum = (
+        torch.zeros((rows, dim), dtype=compute_dtype, device=input.device) if input_grad else None
+    )
     grad_buffer = input.new_empty((rows, chunk)) if with_grad and use_triton else None
     rows_of_positives = None if indptr is None or use_triton else positive_rows(indptr, indices.numel())
     for start in range(0, num_labels, chunk):
@@ -224,26 +227,31 @@ def linear_soft_margin_forward(
                 with_grad,
             )
             row_sums += row_loss
-        if not with_grad:
-            continue
-        # The reduction's factor enters here, in fp32 (GEMM alpha), so an fp16 G never holds it.
-        if grad_input is not None:
+        # grad_scale enters in fp32, as GEMM alpha and on the fp32 sums, never in G itself.
+        if input_grad:
             grad_input_sum += grad @ weight[start:stop]
-        if grad_weight is not None:
-            torch.addmm(
-                grad_weight[start:stop], grad.T, input, beta=0, alpha=grad_scale, out=grad_weight[start:stop]
-            )
-        if grad_bias is not None:
+        if weight_grad:
+            chunk_grad = grad_weight[start:stop]
+            torch.addmm(chunk_grad, grad.T, input, beta=0, alpha=grad_scale, out=chunk_grad)
+        if bias_grad:
             grad_bias[start:stop] = grad.sum(dim=0, dtype=compute_dtype) * grad_scale
-    if grad_input is not None:
+    if input_grad:
         grad_input.copy_(grad_input_sum * grad_scale)
-    return reduce_row_sums(row_sums, "mlsm", reduction, num_labels).to(out_dtype)
+    loss = reduce_row_sums(row_sums, "mlsm", reduction, num_labels).to(out_dtype)
+    return loss, grad_input, grad_weight, grad_bias
 
 
 @linear_soft_margin_forward.register_fake
-def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, row_scale, *rest):
-    reduction, out_dtype = rest[-3], rest[-2]
-    return input.new_empty((input.shape[0],) if reduction == "none" else (), dtype=out_dtype)
+def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, row_scale, grad_scale, *flags):
+    input_grad, weight_grad, bias_grad, reduction, out_dtype, _ = flags
+    rows, dim = input.shape
+    num_labels = weight.shape[0]
+    return (
+        input.new_empty((rows,) if reduction == "none" else (), dtype=out_dtype),
+        input.new_empty((rows, dim) if input_grad else (0,)),
+        weight.new_empty((num_labels, dim) if weight_grad else (0,)),
+        weight.new_empty((num_labels,) if bias_grad else (0,)),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -254,71 +262,67 @@ def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, ro
 class _LinearSoftMarginFunction(torch.autograd.Function):
     """Gradients for input, weight and bias; callers route targets and weights that need one elsewhere.
 
-    target is a (R, L) tensor or a SparseTargets of shape (R, L).
+    The target is `target` (R, L) or the positives `indptr`, `indices`. 'mean' and 'sum' in bf16/fp32
+    compute the gradients in the forward and scale them in the backward. 'none', and fp16 (whose unscaled
+    gradients could overflow, and scaled ones underflow before a GradScaler's factor arrives), recompute
+    in the backward with grad_output · the reduction's factor as each row's factor, as torch's G holds it.
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, target, label_weight, pos_weight, reduction, out_dtype, use_triton):
+    def forward(
+        ctx,
+        input,
+        weight,
+        bias,
+        target,
+        indptr,
+        indices,
+        label_weight,
+        pos_weight,
+        reduction,
+        out_dtype,
+        use_triton,
+        grad_enabled,
+    ):
+        operands = (input, weight, bias, target, indptr, indices, label_weight, pos_weight)
         ctx.reduction, ctx.out_dtype, ctx.use_triton = reduction, out_dtype, use_triton
-        ctx.operands = (target, label_weight, pos_weight)
-        needs = ctx.needs_input_grad[:3]
-        grads = (None, None, None)
-        if reduction != "none" and any(needs):  # the gradients now; the backward only scales them
-            grads = tuple(
-                torch.empty_like(t) if need and t is not None else None
-                for t, need in zip((input, weight, bias), needs, strict=True)
-            )
-        loss = _linear_forward(
-            input, weight, bias, ctx.operands, reduction, out_dtype, use_triton, None, grads
+        needs = tuple(
+            grad_enabled and need and t is not None
+            for t, need in zip((input, weight, bias), ctx.needs_input_grad[:3], strict=True)
         )
-        if reduction == "none":
-            ctx.save_for_backward(input, weight, bias)
+        ctx.needs = needs
+        ctx.recompute = reduction == "none" or input.dtype == torch.float16
+        scale = 1.0 / weight.shape[0] / (input.shape[0] if reduction == "mean" else 1)
+        ctx.scale = scale
+        wants = (False, False, False) if ctx.recompute else needs
+        loss, *grads = linear_soft_margin_forward(
+            *operands, None, scale, *wants, reduction, out_dtype, use_triton
+        )
+        if ctx.recompute:
+            ctx.save_for_backward(*operands)
         else:
-            ctx.save_for_backward(*grads)
+            ctx.save_for_backward(*(grad if want else None for grad, want in zip(grads, wants, strict=True)))
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        if ctx.reduction != "none":
+        if not ctx.recompute:
             # In place, so a second backward through the same graph fails autograd's version check.
             grads = ctx.saved_tensors
             for grad in grads:
                 if grad is not None:
                     soft_margin_scale_grad_(grad.view(-1, grad.shape[-1]), grad_loss, 1.0, ctx.use_triton)
         else:
-            input, weight, bias = ctx.saved_tensors
-            needs = ctx.needs_input_grad[:3]
-            grads = tuple(
-                torch.empty_like(t) if need and t is not None else None
-                for t, need in zip((input, weight, bias), needs, strict=True)
+            operands = ctx.saved_tensors
+            input = operands[0]
+            row_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+            row_scale = (grad_loss.to(row_dtype) * ctx.scale).expand(input.shape[0]).contiguous()
+            _, *grads = linear_soft_margin_forward(
+                *operands, row_scale, 1.0, *ctx.needs, "none", ctx.out_dtype, ctx.use_triton
             )
-            row_scale = grad_loss.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
-            _linear_forward(
-                input, weight, bias, ctx.operands, "none", ctx.out_dtype, ctx.use_triton, row_scale, grads
-            )
-        return (*grads, None, None, None, None, None, None)
-
-
-def _linear_forward(input, weight, bias, operands, reduction, out_dtype, use_triton, row_scale, grads):
-    target, label_weight, pos_weight = operands
-    sparse = isinstance(target, SparseTargets)
-    return linear_soft_margin_forward(
-        input,
-        weight,
-        bias,
-        None if sparse else target,
-        target.indptr if sparse else None,
-        target.indices if sparse else None,
-        label_weight,
-        pos_weight,
-        row_scale,
-        *grads,
-        1.0 / weight.shape[0] / (input.shape[0] if reduction == "mean" else 1),
-        reduction,
-        out_dtype,
-        use_triton,
-    )
+            grads = [grad if need else None for grad, need in zip(grads, ctx.needs, strict=True)]
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -392,9 +396,23 @@ def linear_multilabel_soft_margin_loss(
     if label_weight is not None and label_weight.dim() > 0:
         out_dtype = torch.promote_types(out_dtype, label_weight.dtype)
 
+    rows = math.prod(input.shape[:-1])
+    label_weight_rows = (
+        None if label_weight is None else _rows_view(label_weight, torch.Size(shape), num_labels)
+    )
+    pos_weight_rows = None if pos_weight is None else _rows_view(pos_weight, torch.Size(shape), num_labels)
+    target_rows = target if sparse else _rows_view(target, torch.Size(shape), num_labels)
     differentiable = [t for t in (label_weight, pos_weight, None if sparse else target) if t is not None]
-    if math.prod(shape) == 0 or (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)):
-        # Gradients for the target or weights, or an empty problem: torch's own path over the logits.
+    if (
+        math.prod(shape) == 0
+        or input.shape[-1] == 0
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
+        or (label_weight is not None and label_weight_rows is None)
+        or (pos_weight is not None and pos_weight_rows is None)
+        or target_rows is None
+    ):
+        # Gradients for the target or weights, an empty problem, or a target or weights with leading
+        # dimensions that no (rows, L) view can express: torch's own path over the logits.
         logits = F.linear(input, weight, bias)
         dense = target.to_dense(input.dtype) if sparse else target
         if pos_weight is None:
@@ -405,23 +423,19 @@ def linear_multilabel_soft_margin_loss(
         per_row = terms.sum(dim=-1) / num_labels
         return {"none": per_row, "mean": per_row.mean(), "sum": per_row.sum()}[reduction].to(out_dtype)
 
-    rows = math.prod(input.shape[:-1])
-    flat_input = input.reshape(rows, input.shape[-1])
-    flat_target = target if sparse else target.reshape(rows, num_labels)
-
-    def rows_view(operand):
-        return None if operand is None else operand.expand(shape).reshape(rows, num_labels)
-
     loss = _LinearSoftMarginFunction.apply(
-        flat_input,
+        input.reshape(rows, input.shape[-1]),
         weight,
         bias,
-        flat_target,
-        rows_view(label_weight),
-        rows_view(pos_weight),
+        None if sparse else target_rows,
+        target.indptr if sparse else None,
+        target.indices if sparse else None,
+        label_weight_rows,
+        pos_weight_rows,
         reduction,
         out_dtype,
         use_triton_for(input) and input.dtype != torch.float64,  # the kernel computes in fp32
+        torch.is_grad_enabled(),
     )
     return loss.view(input.shape[:-1]) if reduction == "none" else loss
 

@@ -250,3 +250,113 @@ def test_gpu_realistic_size(poisoned_allocations):
     assert_close(loss, expected, torch.float32)
     for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
         assert_close(grad, expected_grad, torch.bfloat16)
+
+
+@pytest.mark.parametrize("reduce_loss", ["sum", "mean"])
+def test_none_backward_through_a_reduction(backend, small_chunks, reduce_loss):
+    """loss.sum().backward() hands 'none' a stride-0 grad_output."""
+    input, weight, bias, targets = problem()
+
+    def ours(e, w, b):
+        return getattr(
+            st.linear_multilabel_soft_margin_loss(e, w, targets, b, reduction="none"), reduce_loss
+        )()
+
+    def theirs(e, w, b):
+        return getattr(torch_loss(e, w, targets.to_dense(e.dtype), b, reduction="none"), reduce_loss)()
+
+    loss, our_grads = grads(ours, (input, weight, bias))
+    expected, expected_grads = grads(theirs, (input.double(), weight.double(), bias.double()))
+    assert_close(loss, expected)
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fp16_gradients_survive_loss_scaling(reduction):
+    """A GradScaler's factor arrives in the backward: the 1/(N·L) factor must not have flushed the fp16
+    gradients first. The autograd layer decides this for both backends; N·L = 2^23 is sized for the torch
+    one (the interpreter would take minutes)."""
+    input, weight, bias, targets = problem(torch.float16, rows=256, dim=16, labels=32768)
+    go = torch.tensor(2.0**15 if reduction == "mean" else 2.0**10, device=DEVICE)
+
+    def ours(e, w, b):
+        return st.linear_multilabel_soft_margin_loss(e, w, targets, b, reduction=reduction)
+
+    with st.use_backend("torch"):
+        _, our_grads = grads(ours, (input, weight, bias), go.half())
+    _, expected_grads = grads(
+        lambda e, w, b: torch_loss(e, w, targets.to_dense(e.dtype), b, reduction=reduction),
+        (input.double(), weight.double(), bias.double()),
+        go.double(),
+    )
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert_close(grad, expected_grad, torch.float16)
+
+
+def test_no_grad_and_none_compute_no_gradient_in_forward(backend, monkeypatch):
+    import softmargin_triton.linear_soft_margin as module
+
+    calls = []
+    op = module.linear_soft_margin_forward
+
+    def recording(*args):
+        calls.append(args[10:13])  # input_grad, weight_grad, bias_grad
+        return op(*args)
+
+    monkeypatch.setattr(module, "linear_soft_margin_forward", recording)
+    input, weight, bias, targets = problem()
+    input, weight = input.requires_grad_(True), weight.requires_grad_(True)
+    with torch.no_grad():
+        st.linear_multilabel_soft_margin_loss(input, weight, targets, bias)
+    st.linear_multilabel_soft_margin_loss(input, weight, targets, bias, reduction="none")
+    assert calls == [(False, False, False), (False, False, False)]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_compile_fullgraph_without_gradients(backend, reduction):
+    input, weight, bias, targets = problem()
+    compiled = torch.compile(
+        lambda e, w, t, b: st.linear_multilabel_soft_margin_loss(e, w, t, b, reduction=reduction),
+        fullgraph=True,
+    )
+    with torch.no_grad():
+        loss = compiled(input, weight, targets, bias)
+    assert_close(loss, torch_loss(input, weight, targets.to_dense(), bias, reduction=reduction))
+
+
+def test_target_changed_before_backward_raises(backend):
+    input, weight, bias, targets = problem()
+    dense = targets.to_dense()
+    loss = st.linear_multilabel_soft_margin_loss(
+        input.requires_grad_(True), weight, dense, bias, reduction="none"
+    )
+    dense.zero_()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
+
+
+@pytest.mark.parametrize("layout", ["strided", "broadcast"])
+def test_strided_bias(backend, small_chunks, layout):
+    input, weight, bias, targets = problem()
+    bias = torch.stack([bias, -bias], dim=1)[:, 0] if layout == "strided" else bias[:1].expand(LABELS)
+    assert not bias.is_contiguous()
+    loss, our_grads = grads(
+        lambda e, w, b: st.linear_multilabel_soft_margin_loss(e, w, targets, b), (input, weight, bias)
+    )
+    expected, expected_grads = grads(
+        lambda e, w, b: torch_loss(e, w, targets.to_dense(e.dtype), b),
+        (input.double(), weight.double(), bias.double()),
+    )
+    assert_close(loss, expected)
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert_close(grad, expected_grad)
+
+
+def test_weight_broadcasting_over_some_leading_dims(backend):
+    """A (3, 1) label weight on (2, 3, D) input has no (rows, L) view: torch's path, same values."""
+    input, weight, bias, targets = problem(rows=6)
+    x, dense = input.view(2, 3, DIM), targets.to_dense().view(2, 3, LABELS)
+    label_weight = torch.rand(3, 1, device=DEVICE) + 0.5
+    loss = st.linear_multilabel_soft_margin_loss(x, weight, dense, bias, label_weight=label_weight)
+    assert_close(loss, torch_loss(x, weight, dense, bias, label_weight))
