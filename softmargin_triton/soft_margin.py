@@ -185,7 +185,7 @@ def soft_margin_forward(
     indices: Tensor | None,
     weight: Tensor | None,
     pos_weight: Tensor | None,
-    grad: Tensor | None,
+    grad: Tensor,
     grad_scale: float,
     loss_form: str,
     reduction: str,
@@ -193,15 +193,18 @@ def soft_margin_forward(
     use_triton: bool,
 ) -> Tensor:
     """Reduced sigmoid-BCE loss of a (R, C) problem; writes d(elementwise loss)/d(input) · grad_scale
-    into `grad` if given.
+    into `grad` unless it is empty.
 
     input (R, C) float16/bfloat16/float32/float64 logits; the target either dense, `target` (R, C) float,
     integer or bool, or binary with its positives as `indptr` (R+1,) int64 and `indices` (nnz,) int32/int64
     in SparseTargets' form (the kernel builds no (R, C) target); weight and pos_weight (R, C) broadcast
-    views or None; grad (R, C) in input's dtype, may be `input` itself.
+    views or None; grad (R, C) in input's dtype, may be `input` itself, or an empty tensor for no
+    gradient (not None: Inductor cannot functionalize a mutable argument that is None).
     loss_form "mlsm" or "bce"; reduction "none", "mean" or "sum". Returns (R,) for MLSM 'none',
     (R, C) for BCE 'none', else (), in out_dtype.
     """
+    if grad.numel() == 0:
+        grad = None
     if use_triton:
         return _soft_margin_forward_triton(
             input,
@@ -286,7 +289,7 @@ class _SoftMarginFunction(torch.autograd.Function):
         ctx, input, target, weight, pos_weight, loss_form, reduction, out_dtype, use_triton, grad_mode
     ):
         # grad_mode: None (no gradient wanted), "new" (a fresh buffer) or "in_place" (over the logits).
-        grad = None
+        grad = input.new_empty(0)
         if grad_mode is not None:
             grad = input if grad_mode == "in_place" else torch.empty_like(input)
         scale = reduction_grad_scale(loss_form, reduction, *input.shape)

@@ -148,3 +148,12 @@ def zipf_label_lists(rows: int, num_labels: int, max_positives: int = 40) -> lis
         )
         lists.append(ranking[draws].tolist())
     return lists
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """A clean torch.compile cache: the compile tests reuse one code object across their parameters, which
+    would otherwise pile up recompilations past Dynamo's limit."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

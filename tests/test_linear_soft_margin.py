@@ -164,7 +164,7 @@ def test_module_forward_logits_topk(backend, small_chunks):
         module.topk(input, LABELS + 1)
 
 
-def test_compile_fullgraph(backend):
+def test_compile_fullgraph(fresh_dynamo, backend):
     torch.manual_seed(0)
     encoder = torch.nn.Linear(7, DIM, device=DEVICE)
     head = st.LinearMultiLabelSoftMarginLoss(DIM, LABELS, device=DEVICE)
@@ -314,7 +314,7 @@ def test_no_grad_and_none_compute_no_gradient_in_forward(backend, monkeypatch):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_compile_fullgraph_without_gradients(backend, reduction):
+def test_compile_fullgraph_without_gradients(fresh_dynamo, backend, reduction):
     input, weight, bias, targets = problem()
     compiled = torch.compile(
         lambda e, w, t, b: st.linear_multilabel_soft_margin_loss(e, w, t, b, reduction=reduction),

@@ -409,7 +409,7 @@ def test_backward_op_scales_by_elementwise_grad_output():
 
 
 @pytest.mark.parametrize("loss_form", LOSSES)
-def test_compile_fullgraph_model(backend, loss_form):
+def test_compile_fullgraph_model(fresh_dynamo, backend, loss_form):
     ours, theirs = LOSSES[loss_form]
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 40).to(DEVICE)
@@ -526,6 +526,17 @@ def test_forced_triton_without_interpreter_explains(monkeypatch):
     monkeypatch.setattr(st.backend, "TRITON_INTERPRETED", False)
     with st.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         st.multilabel_soft_margin_loss(logits(2, 3), soft_targets(2, 3))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss_form", LOSSES)
+def test_compile_fullgraph_without_gradient(fresh_dynamo, backend, loss_form, reduction):
+    """Evaluation under torch.compile: no gradient buffer, so the op's mutable argument is empty."""
+    ours, theirs = LOSSES[loss_form]
+    x, y = logits(4, 9, requires_grad=False), binary_targets(4, 9)
+    compiled = torch.compile(lambda a, b: ours(a, b, reduction=reduction), fullgraph=True)
+    with torch.no_grad():
+        assert_close(compiled(x, y), theirs(x, y, reduction=reduction))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ def test_autocast_output_dtype_like_torch(backend, loss_form):
 
 
 @pytest.mark.parametrize("loss_form", LOSSES)
-def test_compile_fullgraph_model(backend, loss_form):
+def test_compile_fullgraph_model(fresh_dynamo, backend, loss_form):
     ours, theirs = LOSSES[loss_form]
     torch.manual_seed(0)
     model = torch.nn.Linear(12, 50).to(DEVICE)
@@ -276,6 +276,16 @@ def test_bad_calls_raise(backend, call, error, match):
     x, targets = logits(3, 4, requires_grad=False), zipf_targets(3, 4)
     with pytest.raises(error, match=match):
         call(x, targets)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss_form", LOSSES)
+def test_compile_fullgraph_without_gradient(fresh_dynamo, backend, loss_form, reduction):
+    ours, theirs = LOSSES[loss_form]
+    x, targets = logits(4, 9, requires_grad=False), zipf_targets(4, 9)
+    compiled = torch.compile(lambda a, b: ours(a, b, reduction=reduction), fullgraph=True)
+    with torch.no_grad():
+        assert_close(compiled(x, targets), theirs(x, targets.to_dense(), reduction=reduction))
 
 
 # --------------------------------------------------------------------------------------------------------
