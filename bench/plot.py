@@ -2,9 +2,9 @@
 
     python bench/plot.py [FOLDER_OR_CSV ...]     (default: bench-out)
 
-PNGs next to each CSV, fwd+bwd ('full' mode). Dense sweep: one PNG per (metric, target dtype), one line
-per provider. Sparse sweep: one PNG per metric, one line per (provider, target). Linear sweep: one PNG per
-(metric, B, D), one line per (provider, target).
+PNGs next to each CSV, fwd+bwd ('full' mode), and REPORT.md per folder (bench/report.py). Dense sweep:
+one PNG per (metric, target dtype), one line per provider. Sparse sweep: one PNG per metric, one line per
+(provider, target). Linear sweep: one PNG per (metric, B, D), one line per (provider, target).
 """
 
 import argparse
@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from report import write_report  # bench/report.py, next to this script
 
 METRICS = {
     "time": ("fwd+bwd time (ms)", True),
@@ -93,6 +94,8 @@ def main() -> None:
     for csv in csvs:
         for png in plot_csv(csv):
             print(f"wrote {png}")
+    for folder in sorted({csv.parent for csv in csvs}):
+        print(f"wrote {write_report(folder)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmark sweep and its plots, as the README's main-job command runs them, at a tiny size."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,13 @@ def test_sweep_writes_csv_and_plot(tmp_path):
     assert {json.loads(c)["dim"] for c in linear["extra_config"]} == {16}
 
     run("bench/plot.py", str(tmp_path))
+    report = (tmp_path / "REPORT.md").read_text()
+    for heading in ("### Dense targets", "### Sparse targets", "### Fused linear + loss"):
+        assert heading in report
+    # every ratio the sweep could measure is a number: ours vs eager MLSM (dense), vs ours dense (sparse)
+    assert re.search(r"speed-up vs eager MLSM \| \d+\.\d\d× \|", report), report
+    sparse_rows = [line for line in report.splitlines() if re.match(r"\| (64|256) \|", line)]
+    assert len(sparse_rows) == 2 and all(re.search(r"\| \d+\.\d\d× \|", line) for line in sparse_rows)
     for png in ("dense_sweep_time_uint8.png", "sparse_sweep_time_all.png", "linear_sweep_time_B8-D16.png"):
         image = matplotlib.image.imread(tmp_path / png)
         assert image.shape[0] > 200 and image.shape[1] > 300
