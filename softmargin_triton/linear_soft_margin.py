@@ -5,8 +5,8 @@ Layers, bottom up:
    scratch; per chunk the Triton kernel (or the plain-torch reference) writes the gradient G w.r.t. the
    chunk's logits and the rows' loss, then two plain GEMMs fold G into dE and dW_c (db_c = column sums).
 2. `_LinearSoftMarginFunction`: autograd. 'mean' and 'sum' compute the loss and every gradient in the
-   forward and the backward only scales them by grad_output (no bytes moved when it is 1); 'none'
-   recomputes in the backward with grad_output as a per-row factor.
+   forward and the backward only scales them by grad_output (no bytes moved when it is 1); 'none' and
+   fp16 recompute in the backward with grad_output as a per-row factor.
 3. `linear_multilabel_soft_margin_loss`: the functional API; `LinearMultiLabelSoftMarginLoss`: a module
    that owns the classifier, with `logits` and a streaming `topk` for inference.
 """
@@ -385,6 +385,15 @@ def linear_multilabel_soft_margin_loss(
         raise ValueError(f"bias must have shape ({num_labels},), got {tuple(bias.shape)}")
     shape = (*input.shape[:-1], num_labels)
     sparse = isinstance(target, SparseTargets)
+    for name, operand in (
+        ("weight", weight),
+        ("bias", bias),
+        ("target", target),
+        ("label_weight", label_weight),
+        ("pos_weight", pos_weight),
+    ):
+        if operand is not None and operand.device != input.device:
+            raise RuntimeError(f"{name} is on {operand.device}, input on {input.device}")
     if tuple(target.shape) != shape:
         raise ValueError(f"target of shape {tuple(target.shape)} does not match the logits' shape {shape}")
     for name, operand in (("label_weight", label_weight), ("pos_weight", pos_weight)):

@@ -199,8 +199,13 @@ def test_compile_fullgraph(fresh_dynamo, backend):
             ValueError,
             "label_weight",
         ),
+        (
+            lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w, t.to("meta")),
+            RuntimeError,
+            "target is on meta",
+        ),
     ],
-    ids=["dim", "dtype", "labels", "bias-shape", "reduction", "label-weight-shape"],
+    ids=["dim", "dtype", "labels", "bias-shape", "reduction", "label-weight-shape", "target-device"],
 )
 def test_bad_input_raises(backend, call, error, match):
     input, weight, _, targets = problem()
