@@ -39,16 +39,18 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # The plain-torch chunk keeps about this many (rows, chunk) fp32 temporaries alive at once.
 _REFERENCE_TEMPORARIES = 8
+# Small batches would otherwise get chunks whose label tiles overflow the grid's second dimension (65535).
+_MAX_CHUNK_LABELS = 2**20
 
 
 def chunk_labels(rows: int, num_labels: int, bytes_per_element: int) -> int:
     """Labels per chunk such that rows × chunk × bytes_per_element fits the scratch budget
-    (`SOFTMARGIN_TRITON_SCRATCH_MB`, default 64), in multiples of 256 labels where it can."""
+    (`SOFTMARGIN_TRITON_SCRATCH_MB`, default 64), in multiples of 256 labels where it can, at most 2^20."""
     budget = float(os.environ.get(SCRATCH_ENV_VAR, _DEFAULT_SCRATCH_MB)) * 2**20
     labels = max(int(budget // max(rows * bytes_per_element, 1)), 1)
     if labels >= 256:
         labels -= labels % 256
-    return min(labels, max(num_labels, 1))
+    return min(labels, _MAX_CHUNK_LABELS, max(num_labels, 1))
 
 
 # --------------------------------------------------------------------------------------------------------
