@@ -7,7 +7,7 @@ sparse: the same loss with Zipf-distributed positive labels (~5.45 per row, as A
         SparseTargets, against ours and torch's losses on the dense equivalent.
 linear: linear_multilabel_soft_margin_loss (sparse targets) against eager and compiled F.linear + MLSM
         and our chunked plain-torch loop, per (B, D), with the 3-GEMM floor at a GEMM rate measured here.
-On a CUDA machine the defaults are B=4096, bf16, L = 2^14 … 2^20 (dense), L ∈ {131072, 670091, 2^21}
+On a CUDA machine the defaults are B=4096, bf16, L = 2^10 … 2^20 (dense), L ∈ {131072, 670091, 2^21}
 (sparse, linear; linear at B ∈ {1024, 8192}, D ∈ {256, 768}); on CPU a small sweep of the CPU paths
 (B=64, fp32, L up to 2^14) that takes about a minute.
 Each sweep writes <sweep>_sweep.csv; plot with bench/plot.py.
@@ -356,7 +356,7 @@ def run_linear_sweep(args, device: str, common: dict) -> pd.DataFrame:
 def default_labels(sweep: str, device: str) -> list[int]:
     if device != "cuda":
         return [2**10, 2**12, 2**14]
-    return [2**k for k in range(14, 21)] if sweep == "dense" else [131072, 670091, 2**21]
+    return [2**k for k in range(10, 21)] if sweep == "dense" else [131072, 670091, 2**21]
 
 
 def main() -> None:
