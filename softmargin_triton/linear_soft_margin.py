@@ -19,8 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
-from softmargin_triton.reference import linear_soft_margin_chunk_reference, reduce_row_sums
-from softmargin_triton.soft_margin import _rows_view, multilabel_soft_margin_loss, soft_margin_scale_grad_
+from softmargin_triton.reference import (
+    linear_soft_margin_chunk_reference,
+    reduce_row_sums,
+    reduction_grad_scale,
+)
+from softmargin_triton.soft_margin import (
+    _FLOAT_DTYPES,
+    _resolve_reduction,
+    _rows_view,
+    multilabel_soft_margin_loss,
+    soft_margin_scale_grad_,
+)
 from softmargin_triton.sparse_targets import SparseTargets, positive_rows
 
 if TRITON_IMPORT_ERROR is None:
@@ -33,8 +43,6 @@ __all__ = ["SCRATCH_ENV_VAR", "LinearMultiLabelSoftMarginLoss", "linear_multilab
 
 SCRATCH_ENV_VAR = "SOFTMARGIN_TRITON_SCRATCH_MB"
 _DEFAULT_SCRATCH_MB = 64
-_REDUCTIONS = ("none", "mean", "sum")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # The plain-torch chunk keeps about this many (rows, chunk) fp32 temporaries alive at once.
@@ -294,7 +302,7 @@ class _LinearSoftMarginFunction(torch.autograd.Function):
         )
         ctx.needs = needs
         ctx.recompute = reduction == "none" or input.dtype == torch.float16
-        scale = 1.0 / weight.shape[0] / (input.shape[0] if reduction == "mean" else 1)
+        scale = reduction_grad_scale("mlsm", reduction, input.shape[0], weight.shape[0])
         ctx.scale = scale
         wants = (False, False, False) if ctx.recompute else needs
         loss, *grads = linear_soft_margin_forward(
@@ -366,8 +374,7 @@ def linear_multilabel_soft_margin_loss(
         Gradients flow to input, weight and bias. Memory beyond the outputs: one (N, L_c) gradient chunk,
         L_c chosen so that it fits `SOFTMARGIN_TRITON_SCRATCH_MB` (default 64), plus an fp32 (N, D) sum.
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{reduction!r} is not a valid value for reduction: use 'none', 'mean' or 'sum'")
+    reduction = _resolve_reduction(None, None, reduction)
     if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"input (..., D) and weight (L, D) disagree: input {tuple(input.shape)}, "
@@ -431,8 +438,7 @@ def linear_multilabel_soft_margin_loss(
         terms = F.binary_cross_entropy_with_logits(
             logits, dense.to(logits.dtype), label_weight, reduction="none", pos_weight=pos_weight
         )
-        per_row = terms.sum(dim=-1) / num_labels
-        return {"none": per_row, "mean": per_row.mean(), "sum": per_row.sum()}[reduction].to(out_dtype)
+        return reduce_row_sums(terms.sum(dim=-1), "mlsm", reduction, num_labels).to(out_dtype)
 
     loss = _LinearSoftMarginFunction.apply(
         input.reshape(rows, input.shape[-1]),
