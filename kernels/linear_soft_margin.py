@@ -56,6 +56,7 @@ def linear_soft_margin_chunk_kernel(
     D,
     chunk_labels,
     label_start,
+    label_id_offset,
     stride_e_row,
     stride_e_col,
     stride_w_row,
@@ -85,6 +86,8 @@ def linear_soft_margin_chunk_kernel(
 
     E:       (B, D) input features, float16/bfloat16/float32, any strides.
     W:       (L, D) classifier, E's dtype; the chunk's rows start at label_start.
+    label_id_offset: the label id of W's row 0 in INDICES' numbering (a label shard's first label), so a
+             shard reads the full batch's positives without relabelling them.
     BIAS:    (L,) E's dtype, any stride; read if HAS_BIAS.
     Y:       (B, L) dense targets (float, integer or bool, any strides); read unless SPARSE_TARGET.
     INDPTR:  (B+1,) int64 and INDICES (nnz,) int32/int64: each row's positive label ids, sorted; read if
@@ -132,9 +135,10 @@ def linear_soft_margin_chunk_kernel(
         x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
 
     if SPARSE_TARGET:
-        tile_start = label_start + pid_l * BLOCK_L
+        label_ids = label_id_offset + labels
+        tile_start = label_id_offset + label_start + pid_l * BLOCK_L
         first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
-        y = mark_positives(INDICES, first, inside, labels, BLOCK_B, BLOCK_L, tl.float32)
+        y = mark_positives(INDICES, first, inside, label_ids, BLOCK_B, BLOCK_L, tl.float32)
     else:
         y = tl.load(Y + rows[:, None] * stride_y_row + labels[None, :] * stride_y_col, mask=mask, other=0)
         y = y.to(tl.float32)

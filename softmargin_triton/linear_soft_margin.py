@@ -84,9 +84,11 @@ def _chunk_triton(
     grad: Tensor | None,
     start: int,
     stop: int,
+    label_offset: int,
 ) -> Tensor:
     """Labels [start, stop) through the chunk kernel, which indexes the full (L, ·) operands itself:
-    writes `grad` (rows, stop - start) if given and returns the rows' loss over the chunk, (rows,) fp32."""
+    writes `grad` (rows, stop - start) if given and returns the rows' loss over the chunk, (rows,) fp32.
+    Sparse positives are numbered from `label_offset` at weight's row 0."""
     rows, dim = input.shape
     labels = stop - start
     partial = torch.zeros(
@@ -109,6 +111,7 @@ def _chunk_triton(
         dim,
         labels,
         start,
+        label_offset,
         *input.stride(),
         *weight.stride(),
         bias.stride(0) if bias is not None else 0,
@@ -167,6 +170,8 @@ def linear_soft_margin_forward(
     pos_weight: Tensor | None,
     row_scale: Tensor | None,
     grad_scale: float,
+    label_offset: int,
+    loss_labels: int,
     input_grad: bool,
     weight_grad: bool,
     bias_grad: bool,
@@ -180,8 +185,10 @@ def linear_soft_margin_forward(
     target either dense, `target` (R, L) float/integer/bool, or sparse, `indptr` (R+1,) int64 and
     `indices` (nnz,) int32/int64 in SparseTargets' form; label_weight, pos_weight (R, L) broadcast views or
     None; row_scale (R,) contiguous float32 (float64 for float64 input) or None, a per-row factor on the
-    gradients. Returns (loss, grad_input (R, D), grad_weight (L, D), grad_bias (L,)): the loss (R,) for
-    'none', else (), in out_dtype; each gradient, of Σ_rows row_scale·(row's weighted elementwise loss) times
+    gradients. A label shard passes `label_offset`, the id of weight's row 0 among the sparse positives'
+    ids, and `loss_labels`, the label count of the whole loss (MLSM averages over it); else 0 and L.
+    Returns (loss, grad_input (R, D), grad_weight (L, D), grad_bias (L,)): the loss (R,) for 'none', else
+    (), in out_dtype; each gradient, of Σ_rows row_scale·(row's weighted elementwise loss) times
     grad_scale, if asked for, else an empty tensor.
     """
     rows, dim = input.shape
@@ -219,12 +226,15 @@ def linear_soft_margin_forward(
                 grad,
                 start,
                 stop,
+                label_offset,
             )
         else:
             target_chunk = (
                 target[:, start:stop]
                 if target is not None
-                else _target_chunk_from_positives(rows_of_positives, indices, rows, start, stop, input.dtype)
+                else _target_chunk_from_positives(
+                    rows_of_positives, indices, rows, label_offset + start, label_offset + stop, input.dtype
+                )
             )
             row_loss, grad = linear_soft_margin_chunk_reference(
                 input,
@@ -247,13 +257,13 @@ def linear_soft_margin_forward(
             grad_bias[start:stop] = grad.sum(dim=0, dtype=compute_dtype) * grad_scale
     if input_grad:
         grad_input.copy_(grad_input_sum * grad_scale)
-    loss = reduce_row_sums(row_sums, "mlsm", reduction, num_labels).to(out_dtype)
+    loss = reduce_row_sums(row_sums, "mlsm", reduction, loss_labels).to(out_dtype)
     return loss, grad_input, grad_weight, grad_bias
 
 
 @linear_soft_margin_forward.register_fake
 def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, row_scale, grad_scale, *flags):
-    input_grad, weight_grad, bias_grad, reduction, out_dtype, _ = flags
+    _, _, input_grad, weight_grad, bias_grad, reduction, out_dtype, _ = flags
     rows, dim = input.shape
     num_labels = weight.shape[0]
     return (
@@ -272,7 +282,8 @@ def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, ro
 class _LinearSoftMarginFunction(torch.autograd.Function):
     """Gradients for input, weight and bias; callers route targets and weights that need one elsewhere.
 
-    The target is `target` (R, L) or the positives `indptr`, `indices`. 'mean' and 'sum' in bf16/fp32
+    The target is `target` (R, L) or the positives `indptr`, `indices`; `label_offset` and `loss_labels`
+    place a label shard in the whole loss (see the op). 'mean' and 'sum' in bf16/fp32
     compute the gradients in the forward and scale them in the backward. 'none', and fp16 (whose unscaled
     gradients could overflow, and scaled ones underflow before a GradScaler's factor arrives), recompute
     in the backward with grad_output · the reduction's factor as each row's factor, as torch's G holds it.
@@ -293,20 +304,23 @@ class _LinearSoftMarginFunction(torch.autograd.Function):
         out_dtype,
         use_triton,
         grad_enabled,
+        label_offset,
+        loss_labels,
     ):
         operands = (input, weight, bias, target, indptr, indices, label_weight, pos_weight)
         ctx.reduction, ctx.out_dtype, ctx.use_triton = reduction, out_dtype, use_triton
+        ctx.labels = (label_offset, loss_labels)
         needs = tuple(
             grad_enabled and need and t is not None
             for t, need in zip((input, weight, bias), ctx.needs_input_grad[:3], strict=True)
         )
         ctx.needs = needs
         ctx.recompute = reduction == "none" or input.dtype == torch.float16
-        scale = reduction_grad_scale("mlsm", reduction, input.shape[0], weight.shape[0])
+        scale = reduction_grad_scale("mlsm", reduction, input.shape[0], loss_labels)
         ctx.scale = scale
         wants = (False, False, False) if ctx.recompute else needs
         loss, *grads = linear_soft_margin_forward(
-            *operands, None, scale, *wants, reduction, out_dtype, use_triton
+            *operands, None, scale, *ctx.labels, *wants, reduction, out_dtype, use_triton
         )
         if ctx.recompute:
             ctx.save_for_backward(*operands)
@@ -321,7 +335,7 @@ class _LinearSoftMarginFunction(torch.autograd.Function):
             # In place, so a second backward through the same graph fails autograd's version check.
             grads = ctx.saved_tensors
             for grad in grads:
-                if grad is not None:
+                if grad is not None and grad.numel() > 0:
                     soft_margin_scale_grad_(grad.view(-1, grad.shape[-1]), grad_loss, 1.0, ctx.use_triton)
         else:
             operands = ctx.saved_tensors
@@ -329,10 +343,10 @@ class _LinearSoftMarginFunction(torch.autograd.Function):
             row_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
             row_scale = (grad_loss.to(row_dtype) * ctx.scale).expand(input.shape[0]).contiguous()
             _, *grads = linear_soft_margin_forward(
-                *operands, row_scale, 1.0, *ctx.needs, "none", ctx.out_dtype, ctx.use_triton
+                *operands, row_scale, 1.0, *ctx.labels, *ctx.needs, "none", ctx.out_dtype, ctx.use_triton
             )
             grads = [grad if need else None for grad, need in zip(grads, ctx.needs, strict=True)]
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        return (*grads, *[None] * 11)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -345,6 +359,60 @@ def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
         return torch.broadcast_shapes(shape, target) == target
     except RuntimeError:
         return False
+
+
+def _check_operands(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor | SparseTargets,
+    bias: Tensor | None,
+    label_weight: Tensor | None,
+    pos_weight: Tensor | None,
+    num_labels: int,
+    weight_name: str = "weight",
+) -> torch.dtype:
+    """Raises on operands that disagree in shape, dtype or device; returns the loss's dtype. `weight` and
+    `bias` may be a shard of the num_labels labels (named `weight_name` in messages)."""
+    bias_name = weight_name.replace("weight", "bias")
+    if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"input (..., D) and {weight_name} (L, D) disagree: input {tuple(input.shape)}, "
+            f"{weight_name} {tuple(weight.shape)}"
+        )
+    if (
+        input.dtype not in _FLOAT_DTYPES
+        or weight.dtype != input.dtype
+        or (bias is not None and bias.dtype != input.dtype)
+    ):
+        raise TypeError(
+            f"input, {weight_name} and {bias_name} must share one floating dtype, got "
+            f"{input.dtype}, {weight.dtype}{'' if bias is None else f', {bias.dtype}'}"
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"{bias_name} must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    shape = (*input.shape[:-1], num_labels)
+    for name, operand in (
+        (weight_name, weight),
+        (bias_name, bias),
+        ("target", target),
+        ("label_weight", label_weight),
+        ("pos_weight", pos_weight),
+    ):
+        if operand is not None and operand.device != input.device:
+            raise RuntimeError(f"{name} is on {operand.device}, input on {input.device}")
+    if tuple(target.shape) != shape:
+        raise ValueError(f"target of shape {tuple(target.shape)} does not match the logits' shape {shape}")
+    for name, operand in (("label_weight", label_weight), ("pos_weight", pos_weight)):
+        if operand is not None and not _broadcasts_to(operand.shape, shape):
+            raise ValueError(
+                f"{name} of shape {tuple(operand.shape)} cannot broadcast to the logits' {shape}"
+            )
+    out_dtype = (
+        input.dtype if isinstance(target, SparseTargets) else torch.promote_types(input.dtype, target.dtype)
+    )
+    if label_weight is not None and label_weight.dim() > 0:
+        out_dtype = torch.promote_types(out_dtype, label_weight.dtype)
+    return out_dtype
 
 
 def linear_multilabel_soft_margin_loss(
@@ -375,44 +443,10 @@ def linear_multilabel_soft_margin_loss(
         L_c chosen so that it fits `SOFTMARGIN_TRITON_SCRATCH_MB` (default 64), plus an fp32 (N, D) sum.
     """
     reduction = _resolve_reduction(None, None, reduction)
-    if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"input (..., D) and weight (L, D) disagree: input {tuple(input.shape)}, "
-            f"weight {tuple(weight.shape)}"
-        )
-    if (
-        input.dtype not in _FLOAT_DTYPES
-        or weight.dtype != input.dtype
-        or (bias is not None and bias.dtype != input.dtype)
-    ):
-        raise TypeError(
-            "input, weight and bias must share one floating dtype, got "
-            f"{input.dtype}, {weight.dtype}{'' if bias is None else f', {bias.dtype}'}"
-        )
     num_labels = weight.shape[0]
-    if bias is not None and bias.shape != (num_labels,):
-        raise ValueError(f"bias must have shape ({num_labels},), got {tuple(bias.shape)}")
+    out_dtype = _check_operands(input, weight, target, bias, label_weight, pos_weight, num_labels)
     shape = (*input.shape[:-1], num_labels)
     sparse = isinstance(target, SparseTargets)
-    for name, operand in (
-        ("weight", weight),
-        ("bias", bias),
-        ("target", target),
-        ("label_weight", label_weight),
-        ("pos_weight", pos_weight),
-    ):
-        if operand is not None and operand.device != input.device:
-            raise RuntimeError(f"{name} is on {operand.device}, input on {input.device}")
-    if tuple(target.shape) != shape:
-        raise ValueError(f"target of shape {tuple(target.shape)} does not match the logits' shape {shape}")
-    for name, operand in (("label_weight", label_weight), ("pos_weight", pos_weight)):
-        if operand is not None and not _broadcasts_to(operand.shape, shape):
-            raise ValueError(
-                f"{name} of shape {tuple(operand.shape)} cannot broadcast to the logits' {shape}"
-            )
-    out_dtype = input.dtype if sparse else torch.promote_types(input.dtype, target.dtype)
-    if label_weight is not None and label_weight.dim() > 0:
-        out_dtype = torch.promote_types(out_dtype, label_weight.dtype)
 
     rows = math.prod(input.shape[:-1])
     label_weight_rows = (
@@ -453,8 +487,36 @@ def linear_multilabel_soft_margin_loss(
         out_dtype,
         use_triton_for(input) and input.dtype != torch.float64,  # the kernel computes in fp32
         torch.is_grad_enabled(),
+        0,
+        num_labels,
     )
     return loss.view(input.shape[:-1]) if reduction == "none" else loss
+
+
+def _merge_topk(values: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best of candidate (values, labels) pairs along the last dimension, best first."""
+    values, order = values.topk(k, dim=-1)
+    return values, labels.gather(-1, order)
+
+
+@torch.no_grad()
+def streaming_topk(input: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+    """The min(k, L) largest logits input·weightᵀ + bias of each row and their label ids (rows of weight),
+    (..., min(k, L)) each, best first, over label chunks of the scratch budget: (..., L) is never held."""
+    num_labels = weight.shape[0]
+    k = min(k, num_labels)
+    rows = math.prod(input.shape[:-1])
+    chunk = max(chunk_labels(rows, num_labels, 4), k)  # one fp32-sized logits chunk
+    best_values, best_labels = input.new_empty((*input.shape[:-1], 0)), input.new_empty(0, dtype=torch.int64)
+    best_labels = best_labels.expand(best_values.shape)
+    for start in range(0, num_labels, chunk):
+        stop = min(start + chunk, num_labels)
+        chunk_bias = None if bias is None else bias[start:stop]
+        values, labels = F.linear(input, weight[start:stop], chunk_bias).topk(min(k, stop - start), dim=-1)
+        best_values, best_labels = _merge_topk(
+            torch.cat([best_values, values], -1), torch.cat([best_labels, labels + start], -1), k
+        )
+    return best_values, best_labels
 
 
 class LinearMultiLabelSoftMarginLoss(nn.Module):
@@ -507,26 +569,12 @@ class LinearMultiLabelSoftMarginLoss(nn.Module):
         """The full (..., num_labels) logits; for small label counts or a slice of the batch."""
         return F.linear(input, self.weight, self.bias)
 
-    @torch.no_grad()
     def topk(self, input: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The k largest logits of each row and their label ids, (..., k) each, best first, computed over
         label chunks of the scratch budget: the (..., num_labels) logits are never held."""
         if not 0 < k <= self.num_labels:
             raise ValueError(f"k must be in [1, num_labels={self.num_labels}], got {k}")
-        rows = math.prod(input.shape[:-1])
-        chunk = max(chunk_labels(rows, self.num_labels, 4), k)  # one fp32-sized logits chunk
-        best_values = best_labels = None
-        for start in range(0, self.num_labels, chunk):
-            stop = min(start + chunk, self.num_labels)
-            bias = None if self.bias is None else self.bias[start:stop]
-            values, labels = F.linear(input, self.weight[start:stop], bias).topk(min(k, stop - start), dim=-1)
-            labels += start
-            if best_values is not None:
-                values, labels = torch.cat([best_values, values], -1), torch.cat([best_labels, labels], -1)
-                values, order = values.topk(k, dim=-1)
-                labels = labels.gather(-1, order)
-            best_values, best_labels = values, labels
-        return best_values, best_labels
+        return streaming_topk(input, self.weight, self.bias, k)
 
     def extra_repr(self) -> str:
         return (

@@ -14,6 +14,7 @@ Layers, bottom up:
 """
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -375,7 +376,7 @@ def _rows_view(tensor: Tensor, shape: torch.Size, cols: int) -> Tensor | None:
     for (_, outer_stride), (inner_size, inner_stride) in itertools.pairwise(leading):
         if outer_stride != inner_stride * inner_size:
             return None
-    return expanded.reshape(-1, cols)  # a view: the strides were just checked to merge
+    return expanded.reshape(math.prod(shape[:-1]), cols)  # a view: the strides were just checked to merge
 
 
 def _fused(

@@ -1,0 +1,494 @@
+"""The fused linear + multi-label soft-margin loss with its classifier sharded by label across ranks.
+
+Rank r owns the classifier rows of labels [label_start, label_start + L_r). The sigmoid loss has no
+normalizer across labels, so each rank computes its labels' share of the loss and of dE with the
+single-GPU chunk loop, its dW/db with no communication at all, and only the loss and dE cross ranks:
+
+- replicated input (every rank passes the same batch): the loss shares are summed over ranks (an all-reduce
+  of one number, or of B for 'none') and dE is all-reduced in the backward: O(B·D) per step.
+- `data_parallel=True` (each rank passes its own batch, the same size on every rank): the features are
+  all-gathered, each rank scores every row against its labels, and dE is reduce-scattered back to the rows'
+  owners; still O(B·D) per step, independent of L. Targets must then be `SparseTargets`, whose positives
+  are all-gathered (O(nnz)); a dense target would cost O(B·L).
+
+Targets, label_weight and pos_weight always span all `num_labels` labels; each rank reads its range of them
+in place (sparse positives by label id, with no relabelling and no communication).
+
+Each call first all-gathers a few integers per rank (shapes, label range, reduction, ...) so that a bad call
+— shards that do not tile [0, num_labels), mismatched batch sizes, an invalid argument on one rank — raises
+the same clear error on every rank instead of leaving the others waiting in a collective. That is one small
+collective and one host sync per call.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from softmargin_triton.backend import use_triton_for
+from softmargin_triton.linear_soft_margin import (
+    _check_operands,
+    _LinearSoftMarginFunction,
+    _merge_topk,
+    streaming_topk,
+)
+from softmargin_triton.soft_margin import _FLOAT_DTYPES, _resolve_reduction, _rows_view
+from softmargin_triton.sparse_targets import SparseTargets
+
+__all__ = [
+    "ShardedLinearMultiLabelSoftMarginLoss",
+    "shard_range",
+    "sharded_linear_multilabel_soft_margin_loss",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+# torch 2.13 renamed the single-tensor collectives; the old names still work there, with a warning.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def shard_range(num_labels: int, world_size: int, rank: int) -> tuple[int, int]:
+    """The labels [start, stop) of `rank` in an even split: the first num_labels % world_size ranks own one
+    label more than the others."""
+    base, remainder = divmod(num_labels, world_size)
+    start = rank * base + min(rank, remainder)
+    return start, start + base + (rank < remainder)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Collectives with autograd
+# --------------------------------------------------------------------------------------------------------
+
+
+class _CopyToRanks(torch.autograd.Function):
+    """Identity forward on a tensor every rank holds; the backward sums its gradient over ranks."""
+
+    @staticmethod
+    def forward(ctx, input, group):
+        ctx.group = group
+        return input.view_as(input)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of equal-sized row blocks; the backward reduce-scatters the rows' gradients back."""
+
+    @staticmethod
+    def forward(ctx, input, group):
+        ctx.group = group
+        return _all_gather_rows(input, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        world = dist.get_world_size(ctx.group)
+        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+        _reduce_scatter_single(out, grad.contiguous(), group=ctx.group)
+        return out, None
+
+
+class _ScatterRows(torch.autograd.Function):
+    """Sum over ranks of a row-block tensor, each rank keeping its own block (reduce-scatter); the backward
+    all-gathers the blocks' gradients, since every rank's share of a row needs the row owner's gradient."""
+
+    @staticmethod
+    def forward(ctx, input, group):
+        ctx.group = group
+        out = input.new_empty((input.shape[0] // dist.get_world_size(group), *input.shape[1:]))
+        _reduce_scatter_single(out, input.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather_rows(grad, ctx.group), None
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Sum of each rank's share of the loss; the backward hands grad_output to this rank's share as is
+    (every rank backpropagates the same loss)."""
+
+    @staticmethod
+    def forward(ctx, share, group):
+        total = share.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _all_gather_rows(input: Tensor, group) -> Tensor:
+    out = input.new_empty((input.shape[0] * dist.get_world_size(group), *input.shape[1:]))
+    _all_gather_single(out, input.contiguous(), group=group)
+    return out
+
+
+def _gather_positives(targets: SparseTargets, nnz_per_rank: list[int], group) -> tuple[Tensor, Tensor]:
+    """All ranks' positives as (indptr, indices) over the gathered rows, in rank order: rows' counts and
+    the ids (padded to the largest rank's nnz, known on the host from the call's agreement step)."""
+    counts = _all_gather_rows(targets.indptr.diff(), group)
+    indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    padded = targets.indices.new_zeros(max(nnz_per_rank))
+    padded[: targets.nnz] = targets.indices
+    ids = _all_gather_rows(padded, group).view(len(nnz_per_rank), -1)
+    return indptr, torch.cat([ids[rank, :nnz] for rank, nnz in enumerate(nnz_per_rank)])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Agreement: every rank raises the same error for a bad call
+# --------------------------------------------------------------------------------------------------------
+
+
+def _agree(fields: dict[str, int], local_error: Exception | None, group, device: torch.device) -> list[dict]:
+    """All ranks' `fields`, after every rank learnt whether any rank's call is invalid (then all raise)."""
+    names = ["error", *fields]
+    local = torch.tensor([int(local_error is not None), *fields.values()], dtype=torch.int64, device=device)
+    table = torch.empty(dist.get_world_size(group) * len(names), dtype=torch.int64, device=device)
+    _all_gather_single(table, local, group=group)
+    rows = [dict(zip(names, row, strict=True)) for row in table.view(-1, len(names)).tolist()]  # host sync
+    failed = [rank for rank, row in enumerate(rows) if row["error"]]
+    if failed:
+        messages = [None] * len(rows)
+        dist.all_gather_object(messages, None if local_error is None else str(local_error), group=group)
+        if local_error is not None:
+            raise local_error
+        details = "; ".join(f"rank {rank}: {messages[rank]}" for rank in failed)
+        raise ValueError(f"sharded loss: an invalid call on another rank ({details})")
+    return rows
+
+
+def _require_equal(rows: list[dict], *names: str) -> None:
+    for name in names:
+        values = [row[name] for row in rows]
+        if len(set(values)) > 1:
+            raise ValueError(f"sharded loss: ranks disagree on {name}: {values} (by rank)")
+
+
+def _check_tiling(rows: list[dict], num_labels: int) -> None:
+    """Shards [label_start, label_start + shard_labels) must tile [0, num_labels) without gaps or overlaps."""
+    order = sorted(range(len(rows)), key=lambda rank: (rows[rank]["label_start"], rows[rank]["shard_labels"]))
+    covered = 0
+    for rank in order:
+        if rows[rank]["label_start"] != covered:
+            break
+        covered += rows[rank]["shard_labels"]
+    else:
+        if covered == num_labels:
+            return
+    ranges = ", ".join(
+        f"rank {rank}: [{row['label_start']}, {row['label_start'] + row['shard_labels']})"
+        for rank, row in enumerate(rows)
+    )
+    raise ValueError(f"sharded loss: label shards must tile [0, {num_labels}) exactly, got {ranges}")
+
+
+def _collective_device(group) -> torch.device:
+    if dist.get_backend(group) == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Functional API and module
+# --------------------------------------------------------------------------------------------------------
+
+
+def _local_call(
+    input: Tensor,
+    weight_shard: Tensor,
+    target: Tensor | SparseTargets,
+    bias_shard: Tensor | None,
+    label_start: int,
+    num_labels: int,
+    label_weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: str,
+    data_parallel: bool,
+) -> dict:
+    """This rank's checks, and its operands as the chunk loop takes them (label dimensions cut to the shard,
+    viewed as rows); raises on a bad argument."""
+    reduction = _resolve_reduction(None, None, reduction)
+    out_dtype = _check_operands(
+        input, weight_shard, target, bias_shard, label_weight, pos_weight, num_labels, "weight_shard"
+    )
+    shard_labels = weight_shard.shape[0]
+    stop = label_start + shard_labels
+    if not 0 <= label_start <= stop <= num_labels:
+        raise ValueError(
+            f"labels [{label_start}, {stop}) of this shard are not inside [0, num_labels={num_labels})"
+        )
+    sparse = isinstance(target, SparseTargets)
+    differentiable = [t for t in (label_weight, pos_weight, None if sparse else target) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in differentiable):
+        raise NotImplementedError("the sharded loss has no gradient for target, label_weight or pos_weight")
+    if data_parallel and not sparse:
+        raise NotImplementedError(
+            "data_parallel=True takes SparseTargets: gathering a dense target would move O(B·L) per step"
+        )
+
+    rows = math.prod(input.shape[:-1])
+    shard_shape = torch.Size((*input.shape[:-1], shard_labels))
+
+    def shard_rows(name: str, operand: Tensor | None) -> Tensor | None:
+        """The operand's columns of this shard as a (rows, L_r) view: no copy."""
+        if operand is None:
+            return None
+        if operand.dim() > 0 and operand.shape[-1] == num_labels:
+            operand = operand[..., label_start:stop]
+        view = _rows_view(operand, shard_shape, shard_labels)
+        if view is None or (data_parallel and rows > 1 and view.stride(0) != 0):
+            raise NotImplementedError(
+                f"{name} of shape {tuple(operand.shape)}: per-row values need a (rows, labels) view"
+                + (" and cannot be gathered with data_parallel=True" if data_parallel else "")
+            )
+        return view
+
+    return dict(
+        reduction=reduction,
+        rows=rows,
+        shard_labels=shard_labels,
+        sparse=sparse,
+        out_dtype=out_dtype,
+        target=None if sparse else shard_rows("target", target),
+        label_weight=shard_rows("label_weight", label_weight),
+        pos_weight=shard_rows("pos_weight", pos_weight),
+    )
+
+
+def sharded_linear_multilabel_soft_margin_loss(
+    input: Tensor,
+    weight_shard: Tensor,
+    target: Tensor | SparseTargets,
+    bias_shard: Tensor | None = None,
+    *,
+    label_start: int,
+    num_labels: int,
+    group: dist.ProcessGroup | None = None,
+    label_weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    reduction: str = "mean",
+    data_parallel: bool = False,
+) -> Tensor:
+    """`linear_multilabel_soft_margin_loss` over a classifier whose rows are split by label across the ranks
+    of `group`; a collective call (every rank calls it, and backpropagates the result alike).
+
+    Args:
+        input: (..., D) float16/bfloat16/float32/float64 features: the same on every rank, or with
+            `data_parallel=True` this rank's own batch (the same shape on every rank).
+        weight_shard: (L_r, D) this rank's classifier rows: labels [label_start, label_start + L_r).
+        target: (..., num_labels) dense, or a SparseTargets (N, num_labels) for a (N, D) input, over all
+            labels (each rank reads its range in place); SparseTargets only with `data_parallel=True`.
+        bias_shard: (L_r,) or None (on every rank alike).
+        label_start: this shard's first label; the ranks' shards must tile [0, num_labels).
+        num_labels: L, the whole classifier's label count.
+        label_weight, pos_weight: as in `linear_multilabel_soft_margin_loss`, broadcastable to
+            (..., num_labels); with `data_parallel=True` without a per-row dimension.
+        reduction: 'none' → input.shape[:-1] (this rank's rows with `data_parallel=True`); 'mean' / 'sum' →
+            () over all rows of all ranks.
+
+    Returns:
+        The loss, equal on every rank to the single-process loss over the whole classifier (and, with
+        `data_parallel=True`, over the concatenation of the ranks' batches in rank order). The input's
+        gradient is that of the single-process loss (its rows of it with `data_parallel=True`: encoders under
+        DistributedDataParallel, which averages gradients over ranks, get 1/world_size of the total), and
+        each rank's weight_shard and bias_shard gradients are that loss's for its labels.
+    """
+    group = group if group is not None else dist.group.WORLD
+    try:
+        call, error = (
+            _local_call(
+                input,
+                weight_shard,
+                target,
+                bias_shard,
+                label_start,
+                num_labels,
+                label_weight,
+                pos_weight,
+                reduction,
+                data_parallel,
+            ),
+            None,
+        )
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as caught:
+        call, error = None, caught
+    input_grad = torch.is_grad_enabled() and input.requires_grad
+    fields = dict(
+        rows=call["rows"] if call else 0,
+        dim=input.shape[-1] if call else 0,
+        label_start=label_start,
+        shard_labels=call["shard_labels"] if call else 0,
+        num_labels=num_labels,
+        reduction=_REDUCTIONS.index(call["reduction"]) if call else 0,
+        data_parallel=int(data_parallel),
+        sparse=int(call["sparse"]) if call else 0,
+        dtype=_FLOAT_DTYPES.index(input.dtype) if call else 0,
+        bias=int(bias_shard is not None),
+        input_grad=int(input_grad),
+        nnz=target.nnz if call and call["sparse"] else 0,
+    )
+    table = _agree(fields, error, group, _collective_device(group))
+    _require_equal(table, "num_labels", "rows", "dim", "reduction", "data_parallel", "sparse", "dtype")
+    _require_equal(table, "bias", "input_grad")
+    _check_tiling(table, num_labels)
+
+    reduction = call["reduction"]
+    rows_in = input.reshape(call["rows"], input.shape[-1])
+    label_weight_rows, pos_weight_rows = call["label_weight"], call["pos_weight"]
+    indptr, indices = (target.indptr, target.indices) if call["sparse"] else (None, None)
+    if data_parallel:
+        features = _GatherRows.apply(rows_in, group) if input_grad else _all_gather_rows(rows_in, group)
+        indptr, indices = _gather_positives(target, [row["nnz"] for row in table], group)
+        shard_shape = (features.shape[0], call["shard_labels"])
+        label_weight_rows = None if label_weight_rows is None else label_weight_rows[:1].expand(shard_shape)
+        pos_weight_rows = None if pos_weight_rows is None else pos_weight_rows[:1].expand(shard_shape)
+    else:
+        features = _CopyToRanks.apply(rows_in, group) if input_grad else rows_in
+    # Shares are summed over ranks in at least fp32, and rounded to the loss's dtype once, after the sum.
+    share_dtype = torch.promote_types(call["out_dtype"], torch.float32)
+    share = _LinearSoftMarginFunction.apply(
+        features,
+        weight_shard,
+        bias_shard,
+        call["target"],
+        indptr,
+        indices,
+        label_weight_rows,
+        pos_weight_rows,
+        reduction,
+        share_dtype,
+        use_triton_for(input)
+        and input.dtype != torch.float64  # the kernel computes in fp32
+        and min(features.shape[0], features.shape[1], call["shard_labels"]) > 0,
+        torch.is_grad_enabled(),
+        label_start,
+        num_labels,
+    )
+    if data_parallel and reduction == "none":
+        loss = _ScatterRows.apply(share, group)
+    else:
+        loss = _SumOverRanks.apply(share, group)
+    loss = loss.to(call["out_dtype"])
+    return loss.view(input.shape[:-1]) if reduction == "none" else loss
+
+
+@torch.no_grad()
+def _sharded_topk(
+    input: Tensor,
+    weight_shard: Tensor,
+    bias_shard: Tensor | None,
+    k: int,
+    label_start: int,
+    num_labels: int,
+    group,
+    data_parallel: bool,
+) -> tuple[Tensor, Tensor]:
+    """The k best logits over all shards and their label ids, (..., k) each: each rank streams its shard's
+    candidates, all ranks' candidates are gathered and merged."""
+    error = None if 0 < k <= num_labels else ValueError(f"k must be in [1, num_labels={num_labels}], got {k}")
+    rows = math.prod(input.shape[:-1])
+    table = _agree(dict(rows=rows, dim=input.shape[-1], k=k), error, group, _collective_device(group))
+    _require_equal(table, "rows", "dim", "k")
+    features = input.reshape(rows, input.shape[-1])
+    if data_parallel:
+        features = _all_gather_rows(features, group)
+    values, labels = streaming_topk(features, weight_shard, bias_shard, k)
+    missing = k - values.shape[-1]  # a shard with fewer than k labels pads its candidates
+    values = torch.nn.functional.pad(values, (0, missing), value=-math.inf)
+    labels = torch.nn.functional.pad(labels + label_start, (0, missing), value=-1)
+    world = dist.get_world_size(group)
+    gathered_values = _all_gather_rows(values, group).view(world, -1, k).permute(1, 0, 2).flatten(1)
+    gathered_labels = _all_gather_rows(labels, group).view(world, -1, k).permute(1, 0, 2).flatten(1)
+    values, labels = _merge_topk(gathered_values, gathered_labels, k)
+    if data_parallel:
+        own = slice(dist.get_rank(group) * rows, (dist.get_rank(group) + 1) * rows)
+        values, labels = values[own], labels[own]
+    return values.view(*input.shape[:-1], k), labels.view(*input.shape[:-1], k)
+
+
+class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
+    """`LinearMultiLabelSoftMarginLoss` with its classifier split by label over the ranks of `group`.
+
+    This rank owns the labels `shard_range(num_labels, world_size, rank)`: an even split, the first
+    num_labels % world_size ranks one label more. Parameters are initialized as nn.Linear's (each rank
+    draws its own rows from its own generator). `forward(input, target)` and `topk(input, k)` are
+    collective calls, with `input`, `target`, `label_weight` and `pos_weight` as in
+    `sharded_linear_multilabel_soft_margin_loss`; `topk` returns global label ids.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        group: dist.ProcessGroup | None = None,
+        bias: bool = True,
+        *,
+        label_weight: Tensor | None = None,
+        pos_weight: Tensor | None = None,
+        reduction: str = "mean",
+        data_parallel: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.group = group if group is not None else dist.group.WORLD
+        self.in_features, self.num_labels, self.reduction = in_features, num_labels, reduction
+        self.data_parallel = data_parallel
+        self.label_start, self.label_stop = shard_range(
+            num_labels, dist.get_world_size(self.group), dist.get_rank(self.group)
+        )
+        shard_labels = self.label_stop - self.label_start
+        self.weight = nn.Parameter(torch.empty((shard_labels, in_features), device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(shard_labels, device=device, dtype=dtype)) if bias else None
+        self.register_buffer("label_weight", label_weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialization: bounds from in_features, as for the whole classifier."""
+        bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+        nn.init.uniform_(self.weight, -bound, bound)  # kaiming_uniform_ with a=√5 comes to this bound
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor, target: Tensor | SparseTargets) -> Tensor:
+        return sharded_linear_multilabel_soft_margin_loss(
+            input,
+            self.weight,
+            target,
+            self.bias,
+            label_start=self.label_start,
+            num_labels=self.num_labels,
+            group=self.group,
+            label_weight=self.label_weight,
+            pos_weight=self.pos_weight,
+            reduction=self.reduction,
+            data_parallel=self.data_parallel,
+        )
+
+    def topk(self, input: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The k largest logits of each row over all labels and their global label ids, (..., k) each, best
+        first; each rank streams over its shard's label chunks, so no rank holds (..., num_labels)."""
+        return _sharded_topk(
+            input,
+            self.weight,
+            self.bias,
+            k,
+            self.label_start,
+            self.num_labels,
+            self.group,
+            self.data_parallel,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_labels={self.num_labels}, "
+            f"labels=[{self.label_start}, {self.label_stop}), bias={self.bias is not None}, "
+            f"reduction={self.reduction!r}, data_parallel={self.data_parallel}"
+        )
