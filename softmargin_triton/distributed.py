@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from softmargin_triton.backend import use_triton_for
 from softmargin_triton.linear_soft_margin import (
+    _autocast_operands,
     _check_operands,
     _LinearSoftMarginFunction,
     _merge_topk,
@@ -300,6 +301,7 @@ def sharded_linear_multilabel_soft_margin_loss(
         each rank's weight_shard and bias_shard gradients are that loss's for its labels.
     """
     group = group if group is not None else dist.group.WORLD
+    input, weight_shard, bias_shard = _autocast_operands(input, weight_shard, bias_shard)
     try:
         call, error = (
             _local_call(
@@ -352,24 +354,25 @@ def sharded_linear_multilabel_soft_margin_loss(
         features = _CopyToRanks.apply(rows_in, group) if input_grad else rows_in
     # Shares are summed over ranks in at least fp32, and rounded to the loss's dtype once, after the sum.
     share_dtype = torch.promote_types(call["out_dtype"], torch.float32)
-    share = _LinearSoftMarginFunction.apply(
-        features,
-        weight_shard,
-        bias_shard,
-        call["target"],
-        indptr,
-        indices,
-        label_weight_rows,
-        pos_weight_rows,
-        reduction,
-        share_dtype,
-        use_triton_for(input)
-        and input.dtype != torch.float64  # the kernel computes in fp32
-        and min(features.shape[0], features.shape[1], call["shard_labels"]) > 0,
-        torch.is_grad_enabled(),
-        label_start,
-        num_labels,
-    )
+    with torch.autocast(input.device.type, enabled=False):  # the chunk loop picks its own precisions
+        share = _LinearSoftMarginFunction.apply(
+            features,
+            weight_shard,
+            bias_shard,
+            call["target"],
+            indptr,
+            indices,
+            label_weight_rows,
+            pos_weight_rows,
+            reduction,
+            share_dtype,
+            use_triton_for(input)
+            and input.dtype != torch.float64  # the kernel computes in fp32
+            and min(features.shape[0], features.shape[1], call["shard_labels"]) > 0,
+            torch.is_grad_enabled(),
+            label_start,
+            num_labels,
+        )
     if data_parallel and reduction == "none":
         loss = _ScatterRows.apply(share, group)
     else:

@@ -361,6 +361,18 @@ def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
         return False
 
 
+def _autocast_operands(
+    input: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Under autocast, the GEMM's operands in the autocast dtype as F.linear would take them (float64 left
+    alone); the loss then follows the logits' dtype, as torch's loss on F.linear's logits would."""
+    if not torch.is_autocast_enabled(input.device.type):
+        return input, weight, bias
+    dtype = torch.get_autocast_dtype(input.device.type)
+    cast = lambda t: t.to(dtype) if t is not None and t.dtype != torch.float64 else t
+    return cast(input), cast(weight), cast(bias)
+
+
 def _check_operands(
     input: Tensor,
     weight: Tensor,
@@ -443,6 +455,7 @@ def linear_multilabel_soft_margin_loss(
         L_c chosen so that it fits `SOFTMARGIN_TRITON_SCRATCH_MB` (default 64), plus an fp32 (N, D) sum.
     """
     reduction = _resolve_reduction(None, None, reduction)
+    input, weight, bias = _autocast_operands(input, weight, bias)
     num_labels = weight.shape[0]
     out_dtype = _check_operands(input, weight, target, bias, label_weight, pos_weight, num_labels)
     shape = (*input.shape[:-1], num_labels)
@@ -474,22 +487,23 @@ def linear_multilabel_soft_margin_loss(
         )
         return reduce_row_sums(terms.sum(dim=-1), "mlsm", reduction, num_labels).to(out_dtype)
 
-    loss = _LinearSoftMarginFunction.apply(
-        input.reshape(rows, input.shape[-1]),
-        weight,
-        bias,
-        None if sparse else target_rows,
-        target.indptr if sparse else None,
-        target.indices if sparse else None,
-        label_weight_rows,
-        pos_weight_rows,
-        reduction,
-        out_dtype,
-        use_triton_for(input) and input.dtype != torch.float64,  # the kernel computes in fp32
-        torch.is_grad_enabled(),
-        0,
-        num_labels,
-    )
+    with torch.autocast(input.device.type, enabled=False):  # the chunk loop picks its own precisions
+        loss = _LinearSoftMarginFunction.apply(
+            input.reshape(rows, input.shape[-1]),
+            weight,
+            bias,
+            None if sparse else target_rows,
+            target.indptr if sparse else None,
+            target.indices if sparse else None,
+            label_weight_rows,
+            pos_weight_rows,
+            reduction,
+            out_dtype,
+            use_triton_for(input) and input.dtype != torch.float64,  # the kernel computes in fp32
+            torch.is_grad_enabled(),
+            0,
+            num_labels,
+        )
     return loss.view(input.shape[:-1]) if reduction == "none" else loss
 
 

@@ -134,6 +134,26 @@ def test_leading_dimensions_and_no_grad(backend, small_chunks):
     assert loss.grad_fn is None
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_autocast_like_f_linear_then_loss(backend, small_chunks, sparse):
+    """Under bf16 autocast the GEMM runs on bf16 operands as F.linear's would; the loss's dtype and value
+    and the float32 parameters' gradients are those of torch's loss on F.linear's autocast logits."""
+    input, weight, bias, targets = problem()
+    target = targets if sparse else targets.to_dense(torch.uint8)
+    leaves = [t.requires_grad_(True) for t in (input, weight, bias)]
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss = st.linear_multilabel_soft_margin_loss(*leaves[:2], target, leaves[2])
+        logits = F.linear(*leaves)
+    expected = F.multilabel_soft_margin_loss(logits.float(), targets.to_dense(torch.float32))
+    assert loss.dtype == torch.bfloat16 == logits.dtype
+    assert_close(loss, expected.to(torch.bfloat16))
+    grads = torch.autograd.grad(loss, leaves)
+    expected_grads = torch.autograd.grad(expected, leaves)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert grad.dtype == torch.float32
+        assert_close(grad, expected_grad, torch.bfloat16)
+
+
 def test_label_weight_needing_grad_takes_torch_path(backend):
     input, weight, bias, targets = problem()
     label_weight = (torch.rand(LABELS, device=DEVICE) + 0.5).requires_grad_(True)
