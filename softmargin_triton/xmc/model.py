@@ -1,0 +1,71 @@
+"""A small extreme multi-label classifier: a sparse-feature encoder with the fused linear + MLSM head."""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from softmargin_triton.linear_soft_margin import LinearMultiLabelSoftMarginLoss
+from softmargin_triton.sparse_targets import SparseTargets
+from softmargin_triton.xmc.data import SparseFeatures
+
+__all__ = ["XMCModel"]
+
+LossImplementation = Literal["fused", "torch"]
+
+
+class XMCModel(nn.Module):
+    """Bag-of-features encoder → residual MLP block → `LinearMultiLabelSoftMarginLoss` head.
+
+    The encoder is an `nn.EmbeddingBag` summing each point's feature embeddings weighted by the feature
+    values (the product of the sparse feature row with the (F, hidden) embedding table), then
+    LayerNorm → GELU → Linear with a residual connection. The head owns the (L, hidden) classifier.
+
+    `loss="fused"` trains with the fused loss, which never forms the (B, L) logits; `loss="torch"` with
+    F.linear + torch's MultiLabelSoftMarginLoss on dense targets, the eager baseline it replaces (same
+    parameters, same math).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_labels: int,
+        hidden: int = 256,
+        *,
+        loss: LossImplementation = "fused",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in ("fused", "torch"):
+            raise ValueError(f"loss must be 'fused' or 'torch', got {loss!r}")
+        self.loss = loss
+        self.embedding = nn.EmbeddingBag(num_features, hidden, mode="sum", device=device)
+        nn.init.normal_(self.embedding.weight, std=hidden**-0.5)
+        self.block = nn.Sequential(
+            nn.LayerNorm(hidden, device=device), nn.GELU(), nn.Linear(hidden, hidden, device=device)
+        )
+        self.head = LinearMultiLabelSoftMarginLoss(hidden, num_labels, device=device)
+
+    def encode(self, features: SparseFeatures | Tensor) -> Tensor:
+        """(B, hidden) point embeddings of sparse features, or of a dense (B, F) float matrix."""
+        if isinstance(features, SparseFeatures):
+            indices, offsets, weights = features.embedding_bag_inputs()
+            hidden = self.embedding(indices, offsets, per_sample_weights=weights)
+        else:
+            hidden = features @ self.embedding.weight
+        return hidden + self.block(hidden)
+
+    def forward(self, features: SparseFeatures | Tensor, targets: SparseTargets) -> Tensor:
+        """The mean multi-label soft-margin loss of the batch, a 0-dim tensor."""
+        hidden = self.encode(features)
+        if self.loss == "fused":
+            return self.head(hidden, targets)
+        logits = self.head.logits(hidden)
+        return F.multilabel_soft_margin_loss(logits, targets.to_dense(logits.dtype))
+
+    @torch.no_grad()
+    def topk(self, features: SparseFeatures | Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The k best scores and label ids of each point, (B, k) each, best first, streamed over label
+        chunks (no (B, L) scores)."""
+        return self.head.topk(self.encode(features), k)

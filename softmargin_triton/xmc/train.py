@@ -1,0 +1,277 @@
+"""Train an extreme multi-label classifier with the fused loss, from the command line.
+
+    python -m softmargin_triton.xmc.train --dataset eurlex-4k --scale 0.25 --epochs 5 --out runs/eurlex
+
+`--dataset` is a synthetic preset (eurlex-4k, amazoncat-13k, wiki10-31k, amazon-670k; `--scale` sets the
+number of points) or a directory of the Extreme Classification Repository holding train.txt and test.txt
+(one file per split) or trn_X_Xf.txt, trn_X_Y.txt, tst_X_Xf.txt and tst_X_Y.txt (features and labels
+apart). It picks CUDA when there is one (the Triton kernels, bf16 autocast) and the CPU otherwise (the
+plain-torch path), evaluates P@k, nDCG@k and PSP@k on the test split every `--eval-every` epochs, and
+writes into `--out`: log.csv (long format: one row per split, epoch, step and metric), curves.png,
+summary.json and checkpoint.pt (`--resume` continues from it).
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import softmargin_triton
+from softmargin_triton.xmc.data import PRESETS, XMCDataset, batches, read_xc, read_xc_split, synthetic
+from softmargin_triton.xmc.metrics import ndcg_at_k, precision_at_k, propensity, psp_at_k
+from softmargin_triton.xmc.model import XMCModel
+
+__all__ = ["TrainConfig", "load_dataset", "main", "train"]
+
+KS = (1, 3, 5)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the checkpoint and summary.json."""
+
+    dataset: str
+    out: str
+    scale: float = 1.0
+    data_seed: int = 0
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    hidden: int = 256
+    loss: str = "fused"
+    device: str = "auto"
+    autocast: bool = True
+    eval_every: int = 1
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def load_dataset(name: str, scale: float = 1.0, seed: int = 0) -> tuple[XMCDataset, XMCDataset]:
+    """(train, test): a synthetic preset at `scale`, or an XC repository directory (see the module doc)."""
+    if name in PRESETS:
+        return synthetic(name, scale=scale, seed=seed)
+    folder = Path(name)
+    if (folder / "train.txt").is_file():
+        return read_xc(folder / "train.txt"), read_xc(folder / "test.txt")
+    if (folder / "trn_X_Xf.txt").is_file():
+        return (
+            read_xc_split(folder / "trn_X_Xf.txt", folder / "trn_X_Y.txt"),
+            read_xc_split(folder / "tst_X_Xf.txt", folder / "tst_X_Y.txt"),
+        )
+    raise ValueError(
+        f"--dataset {name!r} is neither a preset ({', '.join(PRESETS)}) nor a directory holding train.txt "
+        "and test.txt, or trn_X_Xf.txt, trn_X_Y.txt, tst_X_Xf.txt and tst_X_Y.txt"
+    )
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+@torch.no_grad()
+def evaluate(
+    model: XMCModel, test: XMCDataset, label_propensity: torch.Tensor, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """P@k, nDCG@k and PSP@k for k in KS over the test split; `label_propensity` (L,) for PSP."""
+    model.eval()
+    k = min(max(KS), test.num_labels)
+    totals: dict[str, torch.Tensor] = {}
+    for features, targets in batches(test, batch_size, shuffle=False, device=device):
+        _, topk = model.topk(features, k)
+        rows = targets.shape[0]
+        for at in (at for at in KS if at <= k):
+            for name, metric in (("P", precision_at_k), ("nDCG", ndcg_at_k)):
+                totals[f"{name}@{at}"] = totals.get(f"{name}@{at}", 0) + metric(topk, targets, at) * rows
+            psp = psp_at_k(topk, targets, at, label_propensity) * rows
+            totals[f"PSP@{at}"] = totals.get(f"PSP@{at}", 0) + psp
+    model.train()
+    return {name: float(total) / max(test.num_points, 1) for name, total in totals.items()}
+
+
+def frequency_baseline(train: XMCDataset, test: XMCDataset) -> dict[str, float]:
+    """P@k of predicting the training split's most frequent labels for every test point."""
+    k = min(max(KS), test.num_labels)
+    top = train.label_counts().topk(k).indices
+    topk = top.expand(test.num_points, k)
+    return {f"P@{at}": float(precision_at_k(topk, test.labels, at)) for at in KS if at <= k}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+def _plot(log: pd.DataFrame, baseline: dict[str, float], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    losses = log[(log.split == "train") & (log.metric == "loss")]
+    loss_ax.plot(losses.step, losses.value)
+    loss_ax.set(xlabel="step", ylabel="training loss (mean over logged steps)", yscale="log")
+    evals = log[log.split == "test"]
+    for name in ("P@1", "P@5", "nDCG@5", "PSP@5"):
+        rows = evals[evals.metric == name]
+        if len(rows):
+            line = metric_ax.plot(rows.epoch, rows.value, marker="o", label=name)[0]
+            if name in baseline:
+                metric_ax.axhline(baseline[name], ls="--", color=line.get_color(), label=f"{name} frequency")
+    metric_ax.set(xlabel="epoch", ylabel="test metric", ylim=(0, 1))
+    metric_ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train(config: TrainConfig) -> dict:
+    """Run (or resume) training as `config` says; returns the summary also written to summary.json."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(config.device)
+    use_autocast = config.autocast and device.type == "cuda"
+    train_set, test_set = load_dataset(config.dataset, config.scale, config.data_seed)
+    train_set, test_set = train_set.to(device), test_set.to(device)  # batches then gather on the device
+    # Jain et al.'s propensities from the training split's label frequencies, for PSP@k.
+    label_propensity = propensity(train_set.label_counts(), train_set.num_points)
+
+    torch.manual_seed(config.seed)
+    model = XMCModel(
+        train_set.num_features, train_set.num_labels, config.hidden, loss=config.loss, device=device
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    checkpoint_path, log_path = out / "checkpoint.pt", out / "log.csv"
+    first_epoch, step, epoch_seconds = 1, 0, []
+    if config.resume:
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        shuffle.set_state(state["shuffle"])
+        first_epoch, step, epoch_seconds = state["epoch"] + 1, state["step"], state["epoch_seconds"]
+        records = pd.read_csv(log_path).to_dict("records")
+    else:
+        records = []
+    baseline = frequency_baseline(train_set, test_set)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    steps_per_epoch = math.ceil(train_set.num_points / config.batch_size)
+    log_every = max(1, steps_per_epoch // 20)  # a loss point every ~5% of an epoch; each costs a sync
+    for epoch in range(first_epoch, config.epochs + 1):
+        start = time.perf_counter()
+        pending = torch.zeros((), device=device)  # summed on the device, read every log_every steps
+        progress = tqdm(
+            batches(train_set, config.batch_size, shuffle=True, generator=shuffle, device=device),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+        )
+        for index, (features, targets) in enumerate(progress, 1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                loss = model(features, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            pending += loss.detach().float()
+            if index % log_every == 0 or index == steps_per_epoch:
+                mean = float(pending) / (log_every if index % log_every == 0 else index % log_every)
+                pending.zero_()
+                records.append(dict(split="train", epoch=epoch, step=step, metric="loss", value=mean))
+                progress.set_postfix(loss=f"{mean:.4g}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_seconds.append(time.perf_counter() - start)
+        records.append(dict(split="train", epoch=epoch, step=step, metric="seconds", value=epoch_seconds[-1]))
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            metrics = evaluate(model, test_set, label_propensity, config.batch_size, device)
+            records += [
+                dict(split="test", epoch=epoch, step=step, metric=name, value=value)
+                for name, value in metrics.items()
+            ]
+            shown = ", ".join(f"{name} {metrics[name]:.4f}" for name in ("P@1", "P@5") if name in metrics)
+            tqdm.write(f"epoch {epoch}: {shown} (label-frequency P@1 {baseline['P@1']:.4f})")
+        pd.DataFrame(records).to_csv(log_path, index=False)
+        torch.save(
+            dict(
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                shuffle=shuffle.get_state(),
+                epoch=epoch,
+                step=step,
+                epoch_seconds=epoch_seconds,
+                config=dataclasses.asdict(config),
+            ),
+            checkpoint_path,
+        )
+
+    log = pd.DataFrame(records)
+    final = log[(log.split == "test") & (log.epoch == log.epoch.max())]
+    summary = dict(
+        config=dataclasses.asdict(config),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        softmargin_triton=softmargin_triton.__version__,
+        backend=softmargin_triton.current_backend(),
+        num_labels=train_set.num_labels,
+        num_features=train_set.num_features,
+        train_points=train_set.num_points,
+        test_points=test_set.num_points,
+        seconds_per_epoch=sum(epoch_seconds) / max(len(epoch_seconds), 1),
+        peak_memory_mb=_peak_memory_mb(device),
+        metrics=dict(zip(final.metric, final.value, strict=True)),
+        label_frequency_baseline=baseline,
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plot(log, baseline, f"{config.dataset} · {config.loss} loss · {summary['device']}", out / "curves.png")
+    return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m softmargin_triton.xmc.train", description=__doc__.split("\n\n")[0]
+    )
+    defaults = TrainConfig(dataset="", out="")
+    parser.add_argument("--dataset", required=True, help=f"{', '.join(PRESETS)} or an XC directory")
+    parser.add_argument("--out", required=True, help="folder for the log, plot, summary and checkpoint")
+    parser.add_argument("--scale", type=float, default=defaults.scale, help="synthetic points × the preset's")
+    parser.add_argument("--data-seed", type=int, default=defaults.data_seed)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--hidden", type=int, default=defaults.hidden)
+    parser.add_argument(
+        "--loss", choices=("fused", "torch"), default=defaults.loss, help="torch: eager F.linear + MLSM"
+    )
+    parser.add_argument("--device", default=defaults.device, help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--no-autocast", dest="autocast", action="store_false", help="fp32 on CUDA too")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every, help="epochs")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return train(TrainConfig(**vars(_parser().parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()
