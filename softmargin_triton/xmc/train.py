@@ -43,8 +43,8 @@ class TrainConfig:
     scale: float = 1.0
     data_seed: int = 0
     epochs: int = 5
-    batch_size: int = 256
-    lr: float = 2e-3
+    batch_size: int = 128
+    lr: float = 1e-2
     weight_decay: float = 0.01
     hidden: int = 256
     loss: str = "fused"
