@@ -7,7 +7,11 @@ minute, so a rank left waiting fails the test instead of hanging it.
 
 import datetime
 import itertools
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -280,3 +284,19 @@ def test_shard_range_tiles_labels():
         assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
         sizes = [stop - start for start, stop in ranges]
         assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_readme_torchrun_example_runs(tmp_path):
+    """The README's label-sharding example, as written there, under torchrun with 2 gloo ranks."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Label sharding across GPUs") :]
+    script = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
+    (tmp_path / "sharded.py").write_text(script)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU, as in CI
+    env.pop("TRITON_INTERPRET", None)  # the example runs the plain-torch path on CPU, as a user's would
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "sharded.py"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [float(line.split("loss ")[1]) for line in result.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) == 5 and losses[-1] < losses[0], result.stdout
+    assert "rank 1: labels [65536, 131072)" in result.stdout
