@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: install, run the whole test suite (gpu tier included), run the sweeps
-# and plot them. Results go to $OUT (the device tool's return folder) or ./gpu-out.
-#   bash bench/gpu_session.sh [SWEEP ...]      (default: dense sparse linear; split them across calls
-#                                               when one call's time limit is short)
+# One call on a lent GPU machine: install, then the steps asked for, in this order: `tests` (the whole
+# suite, gpu tier included) and the sweeps (dense batch sparse linear), then their plots and REPORT.md.
+# Results go to $OUT (the device tool's return folder) or ./gpu-out.
+#   bash bench/gpu_session.sh [STEP ...]      (default: tests dense batch sparse linear)
+# A call is limited to 10 minutes and dense + batch alone take about 8 on an H100 (estimate in
+# bench/sweep.py's docstring): run them in a call of their own, e.g. `tests sparse linear`, then `dense batch`.
 set -uo pipefail
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+tests=0
+sweeps=()
+for step in ${*:-tests dense batch sparse linear}; do
+    case "$step" in
+        tests) tests=1 ;;
+        dense | batch | sparse | linear) sweeps+=("$step") ;;
+        *) echo "unknown step '$step': expected tests, dense, batch, sparse or linear" >&2; exit 2 ;;
+    esac
+done
 python -m pip install --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
-python -m pytest -q -rs 2>&1 | tee "$out/pytest.log"
-python bench/sweep.py --out "$out" --sweeps ${*:-dense sparse linear} 2>&1 | tail -4
-python bench/plot.py "$out"
+if ((tests)); then
+    python -m pytest -q -rs 2>&1 | tee "$out/pytest.log"
+fi
+if ((${#sweeps[@]})); then
+    # The log keeps the progress bars: where the sweeps stood if the call ran out of time.
+    python bench/sweep.py --out "$out" --sweeps "${sweeps[@]}" >"$out/sweep.log" 2>&1 || tail -n 20 "$out/sweep.log"
+    grep -a "^wrote" "$out/sweep.log"
+    python bench/plot.py "$out" | tail -n 1
+fi

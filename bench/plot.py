@@ -1,10 +1,12 @@
-"""Plots of the sweep CSVs written by bench/sweep.py: time, memory and % of copy bandwidth vs label count.
+"""Plots of the sweep CSVs written by bench/sweep.py: time, memory and % of a roofline vs L or B.
 
     python bench/plot.py [FOLDER_OR_CSV ...]     (default: bench-out)
 
-PNGs next to each CSV, fwd+bwd ('full' mode), and REPORT.md per folder (bench/report.py). Dense sweep:
-one PNG per (metric, target dtype), one line per provider. Sparse sweep: one PNG per metric, one line per
-(provider, target). Linear sweep: one PNG per (metric, B, D), one line per (provider, target).
+Next to each CSV, one PNG of fwd+bwd ('full' mode) per logits dtype and metric, titled with the GPU and the
+dtype: <sweep>_sweep_<metric>_<dtype>.png, log-x over the swept L (B in the batch sweep). Dense and batch
+sweeps: a panel per target dtype, a line per provider. Sparse sweep: one panel, a line per (provider,
+target). Linear sweep: a panel per (B, D), a line per (provider, target). Then REPORT.md per folder
+(bench/report.py).
 """
 
 import argparse
@@ -16,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.lines import Line2D
 from report import write_report  # bench/report.py, next to this script
 
 METRICS = {
@@ -26,57 +29,66 @@ METRICS = {
     "tflops": ("TFLOP/s (6·B·D·L flop)", False),
     "gemm_roofline": ("% of the 3-GEMM floor", False),
 }
+X_LABELS = {"labels": "labels L", "batch": "batch B"}
 
 
-def figure_of(kernel: str, config: dict) -> str:
-    """Dense sweep: a figure per target dtype; sparse: one for all targets; linear: one per (B, D)."""
+def layout(kernel: str, x_name: str, provider: str, config: dict) -> tuple[str, str, str]:
+    """(panel title, line name, figure subtitle) of one measurement."""
+    logits = f"{config['dtype']} logits"
+    with_target = f"{provider} ({config['target_dtype']})"
     if kernel.startswith("linear"):
-        return f"B{config['batch']}-D{config['dim']}"
-    return "all" if kernel.endswith("_sparse") else config["target_dtype"]
+        return f"B={config['batch']}, D={config['dim']}", with_target, f"{logits}, sparse targets"
+    if kernel.endswith("_sparse"):
+        return "", with_target, f"{logits}, sparse positives vs dense targets, B={config['batch']}"
+    fixed = f"L={config['labels']}" if x_name == "batch" else f"B={config['batch']}"
+    return f"{config['target_dtype']} targets", provider, f"{logits}, {fixed}"
 
 
 def plot_csv(path: Path) -> list[Path]:
     frame = pd.read_csv(path)
-    frame = frame[frame["mode"] == "full"]
+    frame = frame[(frame["mode"] == "full") & frame["metric"].isin(METRICS)]
     config = frame["extra_config"].map(json.loads)
-    dense = frame["kernel"] == "multilabel_soft_margin_loss_dense"
+    described = [
+        layout(*fields)
+        for fields in zip(frame["kernel"], frame["x_name"], frame["provider"], config, strict=True)
+    ]
     frame = frame.assign(
-        target_dtype=config.map(lambda c: c["target_dtype"]),
         dtype=config.map(lambda c: c["dtype"]),
-        batch=config.map(lambda c: c["batch"]),
-        figure=[figure_of(kernel, c) for kernel, c in zip(frame["kernel"], config, strict=True)],
-        line=frame["provider"].where(
-            dense, frame["provider"] + " (" + config.map(lambda c: c["target_dtype"]) + ")"
-        ),
+        panel=[panel for panel, _, _ in described],
+        line=[line for _, line, _ in described],
+        subtitle=[subtitle for _, _, subtitle in described],
     )
     written = []
-    for (kernel, metric, figure), group in frame.groupby(["kernel", "metric", "figure"]):
-        if metric not in METRICS:
-            continue
+    for (kernel, x_name, dtype, metric), group in frame.groupby(["kernel", "x_name", "dtype", "metric"]):
         label, log_y = METRICS[metric]
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name, line in group.groupby("line"):
-            line = line.sort_values("x_value")
-            ax.plot(line["x_value"], line["y_50"], marker="o", label=name)
-            if line["y_20"].notna().all():
-                ax.fill_between(line["x_value"], line["y_20"], line["y_80"], alpha=0.2)
-        ax.set_xscale("log", base=2)
-        if log_y:
-            ax.set_yscale("log")
+        panels = group.groupby("panel", sort=False)  # in the sweep's order: targets or (B, D) as given
+        names = sorted(set(group["line"]))
+        colors = {name: f"C{i}" for i, name in enumerate(names)}  # one color per line across the panels
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(1.4 + 4.6 * len(panels), 4.2), sharey=True, squeeze=False
+        )
+        for ax, (panel, lines) in zip(axes[0], panels, strict=True):
+            for name, line in lines.groupby("line"):
+                line = line.sort_values("x_value")
+                ax.plot(line["x_value"], line["y_50"], marker="o", color=colors[name])
+                if line["y_20"].notna().all():
+                    ax.fill_between(
+                        line["x_value"], line["y_20"], line["y_80"], color=colors[name], alpha=0.2
+                    )
+            ax.set_xscale("log", base=2)
+            if log_y:
+                ax.set_yscale("log")
+            ax.set_title(panel, fontsize=10)
+            ax.set_xlabel(X_LABELS[x_name])
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][0].set_ylabel(label)
+        handles = [Line2D([], [], color=colors[name], marker="o", label=name) for name in names]
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
         first = group.iloc[0]
-        if kernel.startswith("linear"):
-            subtitle = f"{first['dtype']}, sparse targets, {figure.replace('-', ', ')}"
-        else:
-            targets = "sparse positives vs dense" if figure == "all" else figure
-            subtitle = f"{first['dtype']} logits, {targets} targets, B={first['batch']}"
-        ax.set_title(f"{kernel}, fwd+bwd — {first['gpu_name']}\n{subtitle}")
-        ax.set_xlabel("labels L")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        fig.suptitle(f"{kernel}, fwd+bwd — {first['gpu_name']}\n{first['subtitle']}")
         fig.tight_layout()
-        out = path.parent / f"{path.stem}_{metric}_{figure}.png"
-        fig.savefig(out, dpi=120)
+        out = path.parent / f"{path.stem}_{metric}_{dtype}.png"
+        fig.savefig(out, dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(out)
     return written

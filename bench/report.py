@@ -2,8 +2,9 @@
 
     python bench/report.py [FOLDER]     (default: bench-out; bench/plot.py runs it too)
 
-Each table is taken at the sweep's headline size where the CSV has it (dense: L=131072 with uint8 targets;
-sparse and linear: L=670091), else at the largest label count swept (a CPU smoke sweep).
+Each table is taken at bf16 logits where the CSV has them (else at the first logits dtype swept: fp32 in a
+CPU smoke sweep) and at the sweep's headline size where the CSV has it (dense: L=131072 with uint8
+targets; sparse and linear: L=670091), else at the largest size swept. The batch sweep gets one row per B.
 """
 
 import argparse
@@ -12,14 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
+HEADLINE_DTYPE = "bf16"
 HEADLINE_LABELS = {"dense": 131072, "sparse": 670091, "linear": 670091}
 
 
-def _full_times(frame: pd.DataFrame, metric: str = "time") -> pd.DataFrame:
-    frame = frame[(frame["mode"] == "full") & (frame["metric"] == metric)].copy()
-    config = frame["extra_config"].map(json.loads)
-    frame["target_dtype"] = config.map(lambda c: c["target_dtype"])
-    return frame
+def _headline(frame: pd.DataFrame) -> pd.DataFrame:
+    """The fwd+bwd measurements of a sweep at its headline logits dtype, one column per config field."""
+    frame = frame[(frame["mode"] == "full") & (frame["metric"] != "error")]
+    if frame.empty:
+        return frame
+    config = pd.DataFrame(frame["extra_config"].map(json.loads).tolist(), index=frame.index)
+    frame = frame.join(config)
+    dtypes = list(dict.fromkeys(frame["dtype"]))
+    return frame[frame["dtype"] == (HEADLINE_DTYPE if HEADLINE_DTYPE in dtypes else dtypes[0])]
 
 
 def _headline_x(frame: pd.DataFrame, sweep: str) -> int:
@@ -45,15 +51,14 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
-def dense_section(frame: pd.DataFrame) -> list[str]:
-    full = pd.concat([_full_times(frame), _full_times(frame, "roofline")])
+def dense_section(full: pd.DataFrame) -> list[str]:
     x = _headline_x(full, "dense")
-    config = json.loads(full["extra_config"].iloc[0])
     ours = _value(full, "softmargin-triton", "uint8", x)
     bandwidth = _value(full, "softmargin-triton", "uint8", x, "roofline")
     compiled = _value(full, "torch-mlsm-compile", "uint8", x)
-    lines = [
-        f"### Dense targets — fwd+bwd, B={config['batch']}, L={x}, {config['dtype']} logits, uint8 targets",
+    first = full.iloc[0]
+    return [
+        f"### Dense targets — fwd+bwd, B={first['batch']}, L={x}, {first['dtype']} logits, uint8 targets",
         "",
         "| metric | value | goal |",
         "|---|---|---|",
@@ -64,17 +69,35 @@ def dense_section(frame: pd.DataFrame) -> list[str]:
         f"| speed-up vs torch.compile(MLSM) | {_ratio(compiled, ours)} | ≥ 1.6× |",
         "",
     ]
-    return lines
 
 
-def sparse_section(frame: pd.DataFrame) -> list[str]:
-    full = pd.concat(
-        [_full_times(frame), _full_times(frame, "roofline"), _full_times(frame, "target_memory")]
-    )
-    config = json.loads(full["extra_config"].iloc[0])
-    dtype = config["dtype"]
+def batch_section(full: pd.DataFrame) -> list[str]:
+    first = full.iloc[0]
     lines = [
-        f"### Sparse targets — fwd+bwd, B={config['batch']}, {dtype} logits, ~5.45 Zipf positives per row",
+        f"### Dense targets against the batch — fwd+bwd, L={first['labels']}, {first['dtype']} logits, "
+        "uint8 targets",
+        "",
+        "| B | ours (ms) | % of copy bandwidth | speed-up vs eager MLSM | vs eager BCE | "
+        "vs torch.compile(MLSM) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in sorted(set(full["x_value"])):
+        ours = _value(full, "softmargin-triton", "uint8", x)
+        bandwidth = _value(full, "softmargin-triton", "uint8", x, "roofline")
+        lines.append(
+            f"| {x} | {_number(ours)} | {_number(bandwidth)} | "
+            f"{_ratio(_value(full, 'torch-mlsm', 'uint8', x), ours)} | "
+            f"{_ratio(_value(full, 'torch-bce', 'uint8', x), ours)} | "
+            f"{_ratio(_value(full, 'torch-mlsm-compile', 'uint8', x), ours)} |"
+        )
+    return [*lines, ""]
+
+
+def sparse_section(full: pd.DataFrame) -> list[str]:
+    first = full.iloc[0]
+    dtype = first["dtype"]
+    lines = [
+        f"### Sparse targets — fwd+bwd, B={first['batch']}, {dtype} logits, ~5.45 Zipf positives per row",
         "",
         "| L | ours sparse (ms) | % of copy bandwidth (goal ≥ 90) | speed-up vs ours on uint8 dense | "
         "vs eager MLSM | vs eager BCE | target MB sparse / dense |",
@@ -94,12 +117,9 @@ def sparse_section(frame: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
-def linear_section(frame: pd.DataFrame) -> list[str]:
-    full = pd.concat([_full_times(frame), _full_times(frame, "gemm_roofline")])
-    config = full["extra_config"].map(json.loads)
-    full["shape"] = config.map(lambda c: f"B={c['batch']}, D={c['dim']}")
+def linear_section(full: pd.DataFrame) -> list[str]:
     x = _headline_x(full, "linear")
-    dtype = json.loads(full["extra_config"].iloc[0])["dtype"]
+    dtype = full["dtype"].iloc[0]
     lines = [
         f"### Fused linear + loss — fwd+bwd, L={x}, {dtype}, sparse targets",
         "",
@@ -107,12 +127,12 @@ def linear_section(frame: pd.DataFrame) -> list[str]:
         "vs torch.compile (goal ≥ 1.5×) | vs chunked torch loop |",
         "|---|---|---|---|---|---|",
     ]
-    for shape, group in full.groupby("shape"):
+    for (batch, dim), group in full.groupby(["batch", "dim"]):
         ours = _value(group, "softmargin-triton", "sparse", x)
         percent = _value(group, "softmargin-triton", "sparse", x, "gemm_roofline")
         floor_ratio = None if percent is None else 100 / percent
         lines.append(
-            f"| {shape} | {_number(ours)} | {_number(floor_ratio)} | "
+            f"| B={batch}, D={dim} | {_number(ours)} | {_number(floor_ratio)} | "
             f"{_ratio(_value(group, 'torch-linear-mlsm', dtype, x), ours)} | "
             f"{_ratio(_value(group, 'torch-linear-mlsm-compile', dtype, x), ours)} | "
             f"{_ratio(_value(group, 'torch-chunked', 'sparse', x), ours)} |"
@@ -120,12 +140,18 @@ def linear_section(frame: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
-SECTIONS = {"dense": dense_section, "sparse": sparse_section, "linear": linear_section}
+# sweep → (the x_name of its rows, its section)
+SECTIONS = {
+    "dense": ("labels", dense_section),
+    "batch": ("batch", batch_section),
+    "sparse": ("labels", sparse_section),
+    "linear": ("labels", linear_section),
+}
 
 
 def write_report(folder: Path) -> Path:
-    frames = {
-        sweep: pd.read_csv(folder / f"{sweep}_sweep.csv")
+    frames = {  # a short hash such as 46e2808 would otherwise be read as a float (inf)
+        sweep: pd.read_csv(folder / f"{sweep}_sweep.csv", dtype={"git_commit": str})
         for sweep in SECTIONS
         if (folder / f"{sweep}_sweep.csv").exists()
     }
@@ -139,12 +165,17 @@ def write_report(folder: Path) -> Path:
         f"{first['torch_version']}, triton {first['triton_version']}, softmargin-triton "
         f"{first['package_version']} at commit {first['git_commit']}, measured {first['timestamp']}). "
         "Reproduce with `python bench/sweep.py --out FOLDER && python bench/plot.py FOLDER`. "
-        "Ratios are median fwd+bwd times; 'n/a' means the CSV has no such measurement (a provider not run, "
-        "or an `error` row: see the CSV).",
+        "Ratios are median fwd+bwd times at one logits dtype (named in each heading; the others are in the "
+        "CSVs and plots); 'n/a' means the CSV has no such measurement (a provider not run, or an `error` "
+        "row: see the CSV).",
         "",
     ]
     for sweep, frame in frames.items():
-        lines += SECTIONS[sweep](frame[frame["metric"] != "error"])
+        x_name, section = SECTIONS[sweep]
+        full = _headline(frame[frame["x_name"] == x_name])
+        lines += (
+            section(full) if len(full) else [f"### {sweep} sweep — no fwd+bwd measurement: see the CSV", ""]
+        )
     path = folder / "REPORT.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,16 +1,40 @@
 """Benchmark sweeps of the fused losses against PyTorch: long-format CSVs, one row per measurement.
 
-    python bench/sweep.py [--out DIR] [--sweeps dense sparse] [--labels ...] [--batch B] [--providers ...]
+    python bench/sweep.py [--out DIR] [--sweeps dense batch sparse linear] [--dtypes ...] [--targets ...]
+        [--batch B] [--labels ...] [--batches ...] [--batch-sweep-labels L] [--providers ...] ...
 
-dense:  multilabel_soft_margin_loss over a dense (B, L) target, per target dtype.
+dense:  multilabel_soft_margin_loss over a dense (B, L) target against L, per logits and target dtype.
+batch:  the same against B, at one L.
 sparse: the same loss with Zipf-distributed positive labels (~5.45 per row, as Amazon-670K): ours with
         SparseTargets, against ours and torch's losses on the dense equivalent.
 linear: linear_multilabel_soft_margin_loss (sparse targets) against eager and compiled F.linear + MLSM
         and our chunked plain-torch loop, per (B, D), with the 3-GEMM floor at a GEMM rate measured here.
-On a CUDA machine the defaults are B=4096, bf16, L = 2^10 … 2^20 (dense), L ∈ {131072, 670091, 2^21}
-(sparse, linear; linear at B ∈ {1024, 8192}, D ∈ {256, 768}); on CPU a small sweep of the CPU paths
-(B=64, fp32, L up to 2^14) that takes about a minute.
-Each sweep writes <sweep>_sweep.csv; plot with bench/plot.py.
+
+Defaults on a CUDA machine: dense at B=4096, L = 2^10 … 2^20 and batch at L=131072, B = 2^8 … 2^14, both
+with bf16, fp16 and fp32 logits and fp32, bf16 and uint8 targets against all five providers; sparse and
+linear with bf16 logits at L ∈ {131072, 670091, 2^21} (linear at B ∈ {1024, 8192}, D ∈ {256, 768}). On
+CPU a small sweep of the CPU paths in about a minute: fp32 logits, fp32 and uint8 targets, dense at B=64
+and L up to 2^14, batch at L=4096 and B ∈ {16, 64, 256}.
+
+A target dtype names the dense target's own dtype: "fp32" is the float target whatever the logits' dtype.
+Torch's losses take floating targets only, so they get a uint8 target in the logits' dtype (converted
+outside the timed region); min_bytes_per_element counts the target's own dtype for every provider, the
+fused minimum of the problem.
+
+Every case is timed fwd+bwd ('full' mode); forward and backward are also timed alone only at
+--breakdown-dtypes (default: bf16, the first logits dtype, in the sweeps over L; none in the batch sweep),
+to fit one call on a lent GPU machine (10 minutes): dense + batch then take an estimated 8 minutes on an
+H100 (1140 cases), against 13.5 with every mode at every dtype (2430 cases). The estimate: triton's
+do_bench costs ≥ 0.15 s a call (1 a case, 4 with the breakdown), more where one call is long (its bytes
+at 3 TB/s, torch's eager losses moving 8–14× the fused minimum); our kernel compiles 216 variants (0.2–0.7 s
+each, timed for sm_90 on a CPU) and autotunes each once; inductor compiles 24 graphs at ~3.5 s.
+torch.compile runs with its defaults: each function's first shape is compiled static, the later ones
+dynamic in the swept dimension (automatic dynamic shapes).
+
+Each sweep writes <sweep>_sweep.csv: kernel, provider, mode, metric, unit, x_name ("labels", or "batch" in
+the batch sweep), x_value, y_50, y_20, y_80, extra_config (JSON of the fixed parameters: B or L, dtype,
+target_dtype, reduction, min_bytes_per_element, ...), error, and the machine, versions, commit and time.
+Plot with bench/plot.py.
 """
 
 import argparse
@@ -31,6 +55,12 @@ from tqdm import tqdm
 
 import softmargin_triton as st
 
+# The compiled providers get a graph per (logits dtype, target dtype, shape regime: static, dynamic L,
+# dynamic B), up to 3 · 4 · 3 per function, past Dynamo's default limit of 8 (meant for runaway recompiles
+# in training). Past the limit Dynamo raises, an error row, instead of silently running eager as "compile".
+torch._dynamo.config.recompile_limit = 64
+torch._dynamo.config.fail_on_recompile_limit_hit = True
+
 PROVIDERS: dict[str, Callable] = {
     "softmargin-triton": st.multilabel_soft_margin_loss,
     "torch-mlsm": F.multilabel_soft_margin_loss,
@@ -38,11 +68,12 @@ PROVIDERS: dict[str, Callable] = {
     "torch-mlsm-compile": torch.compile(F.multilabel_soft_margin_loss),
     "torch-bce-compile": torch.compile(F.binary_cross_entropy_with_logits),
 }
-SWEEPS = ("dense", "sparse", "linear")
+SWEEPS = ("dense", "batch", "sparse", "linear")
 SPARSE_DEFAULT_PROVIDERS = ["softmargin-triton", "torch-mlsm", "torch-bce"]
 MODES = ("forward", "backward", "full")
 QUANTILES = (0.5, 0.2, 0.8)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "uint8": torch.uint8}
+LOGITS_DTYPES = ("bf16", "fp16", "fp32")
 POSITIVES_PER_ROW = 5.45  # Amazon-670K's average
 
 
@@ -130,7 +161,7 @@ def measure(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor], mod
 def cases(sweep: str, targets: list[str], providers: list[str], dtype: str) -> list[tuple[str, str]]:
     """(target, provider) pairs of a sweep. Sparse sweep: ours on SparseTargets and on each dense target
     dtype, torch's losses on the dense target in the logits' dtype (they take float targets only)."""
-    if sweep == "dense":
+    if sweep != "sparse":
         return [(target, provider) for target in targets for provider in providers]
     ours = "softmargin-triton"
     pairs = [("sparse", ours), *((target, ours) for target in targets)] if ours in providers else []
@@ -138,96 +169,123 @@ def cases(sweep: str, targets: list[str], providers: list[str], dtype: str) -> l
 
 
 def result_rows(
-    row: dict, measured, target_mb: float, element_bytes: float, elements: int, copy_gbs: float
+    row: dict, measured: tuple[tuple[float, float, float], float | None], rates: dict[str, tuple[str, float]]
 ) -> list[dict]:
+    """Rows of one measurement: time, peak memory (CUDA), and in 'full' mode each rate, metric → (unit,
+    amount of work per ms), its 20th/80th percentiles from the 80th/20th of the time."""
     (t50, t20, t80), peak = measured
     rows = [{**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80}]
     if peak is not None:
         rows.append({**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20})
     if row["mode"] == "full":
-        rows.append({**row, "metric": "target_memory", "unit": "MB", "y_50": target_mb})
-        gbs = [elements * element_bytes / t / 1e6 for t in (t50, t80, t20)]
-        rows.append(
-            {**row, "metric": "bandwidth", "unit": "GB/s", "y_50": gbs[0], "y_20": gbs[1], "y_80": gbs[2]}
-        )
-        percent = [100 * g / copy_gbs for g in gbs]
-        rows.append(
+        rows += [
             {
                 **row,
-                "metric": "roofline",
-                "unit": "% copy",
-                "y_50": percent[0],
-                "y_20": percent[1],
-                "y_80": percent[2],
+                "metric": metric,
+                "unit": unit,
+                "y_50": work / t50,
+                "y_20": work / t80,
+                "y_80": work / t20,
             }
-        )
+            for metric, (unit, work) in rates.items()
+        ]
     return rows
 
 
+def problem_sizes(
+    sweep: str, args: argparse.Namespace, device: str
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """(x_name, [(x_value, B, L)]) of a sweep of the dense loss: over B for the batch sweep, else over L."""
+    if sweep == "batch":
+        return "batch", [(batch, batch, args.batch_sweep_labels) for batch in args.batches]
+    return "labels", [(labels, args.batch, labels) for labels in args.labels or default_labels(sweep, device)]
+
+
+def dtype_modes(sweep: str, args: argparse.Namespace, device: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(logits dtype, modes timed) of a sweep: fwd+bwd everywhere, forward and backward as well at the
+    breakdown dtypes (default: the first logits dtype of each sweep over L; none for the batch sweep)."""
+    dtypes = args.dtypes or default_dtypes(sweep, device)
+    if args.breakdown_dtypes is not None:
+        breakdown = args.breakdown_dtypes
+    else:
+        breakdown = [] if sweep == "batch" else dtypes[:1]
+    return [(dtype, MODES if dtype in breakdown else ("full",)) for dtype in dtypes]
+
+
+def error_row(row: dict, error: Exception, device: str) -> dict:
+    """An OOM or a compile failure, recorded so that the sweep goes on."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {**row, "metric": "error", "unit": "", "error": f"{type(error).__name__}: {error}"[:300]}
+
+
 def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> pd.DataFrame:
-    dtype = DTYPES[args.dtype]
     default = SPARSE_DEFAULT_PROVIDERS if sweep == "sparse" else list(PROVIDERS)
     providers = [p for p in args.providers if p in PROVIDERS] if args.providers else default
-    labels_list = args.labels or default_labels(sweep, device)
-    pairs = cases(sweep, args.targets, providers, args.dtype)
+    kernel = (
+        "multilabel_soft_margin_loss_sparse" if sweep == "sparse" else "multilabel_soft_margin_loss_dense"
+    )
+    x_name, sizes = problem_sizes(sweep, args, device)
+    dtypes = dtype_modes(sweep, args, device)
+    pairs = {dtype: cases(sweep, args.targets, providers, dtype) for dtype, _ in dtypes}
+    total = sum(len(sizes) * len(pairs[dtype]) * len(modes) for dtype, modes in dtypes)
+    progress = tqdm(total=total, desc=f"{sweep} sweep", unit="case")
     rows = []
-    progress = tqdm(total=len(labels_list) * len(pairs) * len(args.modes), desc=f"{sweep} sweep", unit="case")
-    for labels in labels_list:
-        x = torch.randn(args.batch, labels, device=device, dtype=dtype).requires_grad_(True)
-        sparse = zipf_targets(args.batch, labels, device) if sweep == "sparse" else None
-        binary = sparse.to_dense(torch.bool) if sparse is not None else None
-        for target_name, provider in pairs:
-            if target_name == "sparse":
-                target = sparse
+    for dtype_name, modes in dtypes:
+        dtype = DTYPES[dtype_name]
+        for x_value, batch, labels in sizes:
+            x = torch.randn(batch, labels, device=device, dtype=dtype).requires_grad_(True)
+            sparse = zipf_targets(batch, labels, device) if sweep == "sparse" else None
+            if sparse is None:
+                binary = torch.rand(batch, labels, device=device) < 0.01
             else:
-                if binary is None:
-                    dense = torch.rand(args.batch, labels, device=device) < 0.01
+                binary = sparse.to_dense(torch.bool)
+            for target_name, provider in pairs[dtype_name]:
+                if target_name == "sparse":
+                    target = sparse
                 else:
-                    dense = binary
-                # torch's losses take float targets only; the conversion happens outside the timed region
-                torch_target = provider.startswith("torch") and target_name == "uint8"
-                target = dense.to(dtype if torch_target else DTYPES[target_name])
-            # Fused minimum: read the logits and the target once, write the gradient once; for the sparse
-            # sweep's problem the positives are the target, O(nnz) bytes, whatever a provider is given.
-            target_element_bytes = 0 if sweep == "sparse" else DTYPES[target_name].itemsize
-            element_bytes = 2 * dtype.itemsize + target_element_bytes
-            config = {
-                "batch": args.batch,
-                "dtype": args.dtype,
-                "target_dtype": target_name,
-                "reduction": "mean",
-                "min_bytes_per_element": element_bytes,
-            }
-            if sparse is not None:
-                config["positives_per_row"] = sparse.nnz / args.batch
-            for mode in args.modes:
-                row = {
-                    **common,
-                    "kernel": f"multilabel_soft_margin_loss_{sweep}",
-                    "provider": provider,
-                    "mode": mode,
-                    "x_value": labels,
-                    "extra_config": json.dumps(config),
+                    # torch's losses take float targets only; the conversion happens outside the timed region
+                    torch_target = provider.startswith("torch") and target_name == "uint8"
+                    target = binary.to(dtype if torch_target else DTYPES[target_name])
+                # Fused minimum: read the logits and the target once, write the gradient once; for the sparse
+                # sweep's problem the positives are the target, O(nnz) bytes, whatever a provider is given.
+                target_element_bytes = 0 if sweep == "sparse" else DTYPES[target_name].itemsize
+                element_bytes = 2 * dtype.itemsize + target_element_bytes
+                config = {
+                    **({"labels": labels} if x_name == "batch" else {"batch": batch}),
+                    "dtype": dtype_name,
+                    "target_dtype": target_name,
+                    "reduction": "mean",
+                    "min_bytes_per_element": element_bytes,
                 }
-                try:
-                    measured = measure(functools.partial(PROVIDERS[provider], x, target), [x], mode, device)
-                    rows += result_rows(
-                        row,
-                        measured,
-                        target_bytes(target) / 2**20,
-                        element_bytes,
-                        args.batch * labels,
-                        copy_gbs,
-                    )
-                except Exception as error:  # OOM, compile failure: recorded, and the sweep goes on
-                    message = f"{type(error).__name__}: {error}"[:300]
-                    rows.append({**row, "metric": "error", "unit": "", "error": message})
-                    x.grad = None
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-                progress.update()
-            del target
-        del x, sparse, binary
+                if sparse is not None:
+                    config["positives_per_row"] = sparse.nnz / batch
+                gb_per_ms = batch * labels * element_bytes / 1e6
+                rates = {"bandwidth": ("GB/s", gb_per_ms), "roofline": ("% copy", 100 * gb_per_ms / copy_gbs)}
+                target_mb = target_bytes(target) / 2**20
+                for mode in modes:
+                    row = {
+                        **common,
+                        "kernel": kernel,
+                        "provider": provider,
+                        "mode": mode,
+                        "x_name": x_name,
+                        "x_value": x_value,
+                        "extra_config": json.dumps(config),
+                    }
+                    try:
+                        measured = measure(
+                            functools.partial(PROVIDERS[provider], x, target), [x], mode, device
+                        )
+                        rows += result_rows(row, measured, rates)
+                        if mode == "full":
+                            rows.append({**row, "metric": "target_memory", "unit": "MB", "y_50": target_mb})
+                    except Exception as error:
+                        rows.append(error_row(row, error, device))
+                        x.grad = None
+                    progress.update()
+                del target
+            del x, sparse, binary
     progress.close()
     frame = pd.DataFrame(rows)
     frame["copy_bandwidth_gbs"] = copy_gbs
@@ -263,92 +321,60 @@ def gemm_tflops(batch: int, dim: int, dtype: torch.dtype, device: str) -> float:
 def run_linear_sweep(args, device: str, common: dict) -> pd.DataFrame:
     """Fused linear + MLSM, fwd+bwd over labels, per (batch, dim): time, memory, TFLOP/s and % of the
     3-GEMM floor (6·B·D·L flop at the GEMM rate measured here)."""
-    dtype = DTYPES[args.dtype]
     labels_list = args.labels or default_labels("linear", device)
     providers = (
         [p for p in args.providers if p in LINEAR_PROVIDERS] if args.providers else list(LINEAR_PROVIDERS)
     )
     shapes = [(batch, dim) for batch in args.linear_batches for dim in args.dims]
+    dtypes = dtype_modes("linear", args, device)
+    total = sum(len(shapes) * len(labels_list) * len(providers) * len(modes) for _, modes in dtypes)
+    progress = tqdm(total=total, desc="linear sweep", unit="case")
     rows = []
-    progress = tqdm(
-        total=len(shapes) * len(labels_list) * len(providers) * len(args.modes), desc="linear sweep"
-    )
-    for batch, dim in shapes:
-        rate = gemm_tflops(batch, dim, dtype, device)
-        for labels in labels_list:
-            input = torch.randn(batch, dim, device=device, dtype=dtype).requires_grad_(True)
-            weight = (torch.randn(labels, dim, device=device, dtype=dtype) / dim**0.5).requires_grad_(True)
-            sparse = zipf_targets(batch, labels, device)
-            config = {
-                "batch": batch,
-                "dim": dim,
-                "dtype": args.dtype,
-                "reduction": "mean",
-                "gemm_tflops": rate,
-            }
-            config["positives_per_row"] = sparse.nnz / batch
-            for provider in providers:
-                dense = provider.startswith("torch-linear")
-                target = sparse.to_dense(dtype) if dense else sparse
-                config["target_dtype"] = args.dtype if dense else "sparse"
-                for mode in args.modes:
-                    row = {
-                        **common,
-                        "kernel": "linear_multilabel_soft_margin_loss",
-                        "provider": provider,
-                        "mode": mode,
-                        "x_value": labels,
-                        "extra_config": json.dumps(config),
+    for dtype_name, modes in dtypes:
+        dtype = DTYPES[dtype_name]
+        for batch, dim in shapes:
+            rate = gemm_tflops(batch, dim, dtype, device)
+            for labels in labels_list:
+                input = torch.randn(batch, dim, device=device, dtype=dtype).requires_grad_(True)
+                weight = torch.randn(labels, dim, device=device, dtype=dtype) / dim**0.5
+                weight.requires_grad_(True)
+                sparse = zipf_targets(batch, labels, device)
+                tflop_per_ms = 6 * batch * dim * labels / 1e9
+                rates = {
+                    "tflops": ("TFLOP/s", tflop_per_ms),
+                    "gemm_roofline": ("% 3-GEMM floor", 100 * tflop_per_ms / rate),
+                }
+                for provider in providers:
+                    dense = provider.startswith("torch-linear")
+                    target = sparse.to_dense(dtype) if dense else sparse
+                    config = {
+                        "batch": batch,
+                        "dim": dim,
+                        "dtype": dtype_name,
+                        "target_dtype": dtype_name if dense else "sparse",
+                        "reduction": "mean",
+                        "gemm_tflops": rate,
+                        "positives_per_row": sparse.nnz / batch,
                     }
-                    forward = functools.partial(LINEAR_PROVIDERS[provider], input, weight, target)
-                    try:
-                        (t50, t20, t80), peak = measure(forward, [input, weight], mode, device)
-                    except Exception as error:  # OOM, compile failure: recorded, and the sweep goes on
-                        rows.append(
-                            {
-                                **row,
-                                "metric": "error",
-                                "unit": "",
-                                "error": f"{type(error).__name__}: {error}"[:300],
-                            }
-                        )
-                        input.grad = weight.grad = None
-                        if device == "cuda":
-                            torch.cuda.empty_cache()
+                    for mode in modes:
+                        row = {
+                            **common,
+                            "kernel": "linear_multilabel_soft_margin_loss",
+                            "provider": provider,
+                            "mode": mode,
+                            "x_name": "labels",
+                            "x_value": labels,
+                            "extra_config": json.dumps(config),
+                        }
+                        forward = functools.partial(LINEAR_PROVIDERS[provider], input, weight, target)
+                        try:
+                            rows += result_rows(row, measure(forward, [input, weight], mode, device), rates)
+                        except Exception as error:
+                            rows.append(error_row(row, error, device))
+                            input.grad = weight.grad = None
                         progress.update()
-                        continue
-                    rows.append(
-                        {**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80}
-                    )
-                    if peak is not None:
-                        rows.append({**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20})
-                    if mode == "full":
-                        flop = 6 * batch * dim * labels
-                        tflops = [flop / t / 1e9 for t in (t50, t80, t20)]
-                        rows.append(
-                            {
-                                **row,
-                                "metric": "tflops",
-                                "unit": "TFLOP/s",
-                                "y_50": tflops[0],
-                                "y_20": tflops[1],
-                                "y_80": tflops[2],
-                            }
-                        )
-                        percent = [100 * t / rate for t in tflops]
-                        rows.append(
-                            {
-                                **row,
-                                "metric": "gemm_roofline",
-                                "unit": "% 3-GEMM floor",
-                                "y_50": percent[0],
-                                "y_20": percent[1],
-                                "y_80": percent[2],
-                            }
-                        )
-                    progress.update()
-                del target
-            del input, weight, sparse
+                    del target
+                del input, weight, sparse
     progress.close()
     return pd.DataFrame(rows)
 
@@ -359,6 +385,13 @@ def default_labels(sweep: str, device: str) -> list[int]:
     return [2**k for k in range(10, 21)] if sweep == "dense" else [131072, 670091, 2**21]
 
 
+def default_dtypes(sweep: str, device: str) -> list[str]:
+    """Logits dtypes: the dense loss's sweeps cover all three on CUDA; CPU runs fp32 only, to stay short."""
+    if device != "cuda":
+        return ["fp32"]
+    return list(LOGITS_DTYPES) if sweep in ("dense", "batch") else ["bf16"]
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(
@@ -366,23 +399,51 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for the CSVs")
     parser.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS))
-    parser.add_argument("--batch", type=int, default=4096 if cuda else 64)
-    parser.add_argument("--labels", type=int, nargs="+", help="label counts (default: per sweep and device)")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16" if cuda else "fp32")
+    parser.add_argument(
+        "--batch", type=int, default=4096 if cuda else 64, help="B of the dense and sparse sweeps"
+    )
+    parser.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        help="L of the dense, sparse and linear sweeps (default: per sweep and device)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[2**k for k in range(8, 15)] if cuda else [16, 64, 256],
+        help="B of the batch sweep",
+    )
+    parser.add_argument(
+        "--batch-sweep-labels", type=int, default=131072 if cuda else 4096, help="L of the batch sweep"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=LOGITS_DTYPES,
+        help="logits dtypes (default: CUDA bf16 fp16 fp32 for dense and batch, bf16 for the rest; CPU fp32)",
+    )
+    parser.add_argument(
+        "--breakdown-dtypes",
+        nargs="*",
+        choices=LOGITS_DTYPES,
+        help="logits dtypes at which forward and backward are also timed alone (default: the first dtype of "
+        "the sweeps over L, none for the batch sweep)",
+    )
     parser.add_argument(
         "--targets",
         nargs="+",
         choices=list(DTYPES),
-        default=["bf16", "uint8"] if cuda else ["fp32", "uint8"],
-        help="dense target dtypes",
+        default=["fp32", "bf16", "uint8"] if cuda else ["fp32", "uint8"],
+        help="dense target dtypes; fp32 is the float target whatever the logits' dtype",
     )
     parser.add_argument(
         "--providers",
         nargs="+",
         choices=sorted(set(PROVIDERS) | set(LINEAR_PROVIDERS)),
-        help="default: all for the dense and linear sweeps; ours and eager torch for the sparse one",
+        help="default: all for the dense, batch and linear sweeps; ours and eager torch for the sparse one",
     )
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
         "--linear-batches", type=int, nargs="+", default=[1024, 8192] if cuda else [64], help="linear sweep B"
     )
@@ -393,7 +454,6 @@ def main() -> None:
 
     device = "cuda" if cuda else "cpu"
     common = {
-        "x_name": "labels",
         "gpu_name": torch.cuda.get_device_name() if cuda else "cpu",
         "torch_version": torch.__version__,
         "triton_version": triton.__version__,
@@ -404,6 +464,7 @@ def main() -> None:
     copy_gbs = copy_bandwidth_gbs(device)
     args.out.mkdir(parents=True, exist_ok=True)
     for sweep in args.sweeps:
+        start = time.perf_counter()
         if sweep == "linear":
             frame = run_linear_sweep(args, device, common)
         else:
@@ -411,7 +472,8 @@ def main() -> None:
         path = args.out / f"{sweep}_sweep.csv"
         frame.to_csv(path, index=False)
         print(
-            f"wrote {len(frame)} rows to {path} (copy bandwidth {copy_gbs:.0f} GB/s on {common['gpu_name']})"
+            f"wrote {len(frame)} rows to {path} in {time.perf_counter() - start:.0f} s "
+            f"(copy bandwidth {copy_gbs:.0f} GB/s on {common['gpu_name']})"
         )
 
 

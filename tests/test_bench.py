@@ -1,4 +1,5 @@
-"""The benchmark sweep and its plots, as the README's main-job command runs them, at a tiny size."""
+"""The benchmark sweeps and their plots and report, as the README's main-job command runs them, at a tiny
+size: two logits dtypes, the dense sweep over L and the batch sweep over B, the sparse and linear sweeps."""
 
 import json
 import re
@@ -10,51 +11,76 @@ import matplotlib.image
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+PROVIDERS = ["softmargin-triton", "torch-mlsm"]
+LABELS = [64, 256]
+BATCHES = [4, 8]
 
 
 def run(*args: str) -> None:
     subprocess.run([sys.executable, *args], cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
 
 
-def test_sweep_writes_csv_and_plot(tmp_path):
-    providers = ["softmargin-triton", "torch-mlsm"]
+def read_sweep(path: Path) -> pd.DataFrame:
+    """A sweep CSV with its extra_config fields as columns, after checking that it has no error row."""
+    frame = pd.read_csv(path, dtype={"git_commit": str})
+    assert "error" not in set(frame["metric"]), frame.get("error")
+    config = pd.DataFrame(frame["extra_config"].map(json.loads).tolist(), index=frame.index)
+    return frame.join(config)
+
+
+def test_sweep_writes_csv_plot_and_report(tmp_path):
     run(
         "bench/sweep.py",
         "--out",
         str(tmp_path),
         "--sweeps",
         "dense",
+        "batch",
         "sparse",
         "linear",
+        "--dtypes",
+        "fp32",
+        "bf16",
+        "--targets",
+        "fp32",
+        "uint8",
+        "--batch",
+        "8",
+        "--labels",
+        *map(str, LABELS),
+        "--batches",
+        *map(str, BATCHES),
+        "--batch-sweep-labels",
+        "128",
         "--linear-batches",
         "8",
         "--dims",
         "16",
-        "--batch",
-        "8",
-        "--labels",
-        "64",
-        "256",
-        "--dtype",
-        "fp32",
-        "--targets",
-        "uint8",
         "--providers",
-        *providers,
+        *PROVIDERS,
         "torch-linear-mlsm",
     )
-    frame = pd.read_csv(tmp_path / "dense_sweep.csv")
-    assert "error" not in set(frame["metric"]), frame.get("error")
-    times = frame[frame["metric"] == "time"]
-    # one time per (provider, mode, label count)
-    assert len(times) == len(providers) * 3 * 2
-    assert set(times["provider"]) == set(providers)
-    assert set(times["mode"]) == {"forward", "backward", "full"}
-    assert sorted(set(times["x_value"])) == [64, 256]
+    dense = read_sweep(tmp_path / "dense_sweep.csv")
+    assert set(dense["x_name"]) == {"labels"} and sorted(set(dense["x_value"])) == LABELS
+    assert (dense["batch"] == 8).all()
+    times = dense[dense["metric"] == "time"]
+    # forward and backward besides full at the first logits dtype only; every provider, target and L
+    modes = times.groupby("dtype")["mode"].agg(set).to_dict()
+    assert modes == {"fp32": {"forward", "backward", "full"}, "bf16": {"full"}}
+    assert len(times) == len(PROVIDERS) * 2 * len(LABELS) * (3 + 1)
+    assert set(times["provider"]) == set(PROVIDERS)
     full = times[times["mode"] == "full"]
     assert (full["y_50"] > 0).all() and (full["y_20"] <= full["y_80"]).all()
-    roofline = frame[frame["metric"] == "roofline"]
-    assert len(roofline) == len(providers) * 2 and (roofline["y_50"] > 0).all()
+    # "fp32" is the float target whatever the logits: bf16 logits + fp32 targets + bf16 gradient = 8 bytes
+    element_bytes = zip(full["dtype"], full["target_dtype"], full["min_bytes_per_element"], strict=True)
+    assert {(dtype, target): size for dtype, target, size in element_bytes} == {
+        ("bf16", "fp32"): 8,
+        ("bf16", "uint8"): 5,
+        ("fp32", "fp32"): 12,
+        ("fp32", "uint8"): 9,
+    }
+    roofline = dense[dense["metric"] == "roofline"]
+    assert len(roofline) == len(full) and (roofline["y_50"] > 0).all()
     for column in (
         "gpu_name",
         "torch_version",
@@ -63,40 +89,70 @@ def test_sweep_writes_csv_and_plot(tmp_path):
         "git_commit",
         "timestamp",
     ):
-        assert frame[column].notna().all(), column
+        assert dense[column].notna().all(), column
 
-    sparse = pd.read_csv(tmp_path / "sparse_sweep.csv")
-    assert "error" not in set(sparse["metric"]), sparse.get("error")
-    target = sparse["extra_config"].map(lambda c: json.loads(c)["target_dtype"])
-    # ours on SparseTargets and on the uint8 dense target, torch on the fp32 dense target
-    assert set(zip(sparse["provider"], target, strict=True)) == {
-        ("softmargin-triton", "sparse"),
-        ("softmargin-triton", "uint8"),
-        ("torch-mlsm", "fp32"),
-    }
-    target_mb = (
-        sparse[sparse["metric"] == "target_memory"].assign(target=target).set_index(["target", "x_value"])
-    )
-    for labels in (64, 256):  # positives: (B+1)·8 + nnz·4 bytes, not B·L
-        assert target_mb.loc[("sparse", labels), "y_50"] * 2**20 < 8 * 9 + 4 * 8 * 40
-        assert target_mb.loc[("fp32", labels), "y_50"] * 2**20 == 8 * labels * 4
+    batch = read_sweep(tmp_path / "batch_sweep.csv")
+    assert set(batch["x_name"]) == {"batch"} and sorted(set(batch["x_value"])) == BATCHES
+    assert (batch["labels"] == 128).all() and "batch" not in batch.columns  # the fixed L, never the swept B
+    assert set(batch["mode"]) == {"full"} and set(batch["dtype"]) == {"fp32", "bf16"}
+    batch_times = batch[batch["metric"] == "time"]
+    assert len(batch_times) == len(PROVIDERS) * 2 * 2 * len(BATCHES) and (batch_times["y_50"] > 0).all()
 
-    linear = pd.read_csv(tmp_path / "linear_sweep.csv")
-    assert "error" not in set(linear["metric"]), linear.get("error")
+    sparse = read_sweep(tmp_path / "sparse_sweep.csv")
+    # ours on SparseTargets and on each dense target dtype, torch on the dense target in the logits' dtype
+    for dtype in ("fp32", "bf16"):
+        rows = sparse[sparse["dtype"] == dtype]
+        assert set(zip(rows["provider"], rows["target_dtype"], strict=True)) == {
+            ("softmargin-triton", "sparse"),
+            ("softmargin-triton", "fp32"),
+            ("softmargin-triton", "uint8"),
+            ("torch-mlsm", dtype),
+        }
+    target_mb = sparse[(sparse["metric"] == "target_memory") & (sparse["dtype"] == "fp32")]
+    target_mb = target_mb.set_index(["provider", "target_dtype", "x_value"])["y_50"] * 2**20
+    for labels in LABELS:  # positives: (B+1)·8 + nnz·4 bytes, not B·L
+        assert target_mb[("softmargin-triton", "sparse", labels)] < 8 * 9 + 4 * 8 * 40
+        assert target_mb[("torch-mlsm", "fp32", labels)] == 8 * labels * 4
+
+    linear = read_sweep(tmp_path / "linear_sweep.csv")
     assert set(linear["provider"]) == {"softmargin-triton", "torch-linear-mlsm"}  # the sweep's own providers
     floor = linear[linear["metric"] == "gemm_roofline"]
-    assert len(floor) == 2 * 2 and (floor["y_50"] > 0).all()
-    assert {json.loads(c)["dim"] for c in linear["extra_config"]} == {16}
+    assert len(floor) == 2 * len(LABELS) * 2 and (floor["y_50"] > 0).all()
+    assert set(linear["dim"]) == {16} and set(linear["x_name"]) == {"labels"}
 
     run("bench/plot.py", str(tmp_path))
     report = (tmp_path / "REPORT.md").read_text()
-    for heading in ("### Dense targets", "### Sparse targets", "### Fused linear + loss"):
-        assert heading in report
-    # every ratio the sweep could measure is a number: ours vs eager MLSM (dense), vs ours dense (sparse)
-    assert re.search(r"speed-up vs eager MLSM \| \d+\.\d\d× \|", report), report
+    assert f"at commit {dense['git_commit'].iloc[0]}," in report  # a hash, even one that reads as a number
+    # the tables are at bf16 logits, present among the dtypes swept, and their ratios are the CSVs'
+    dense_ratio = _time(dense, "torch-mlsm", 256) / _time(dense, "softmargin-triton", 256)
+    assert "### Dense targets — fwd+bwd, B=8, L=256, bf16 logits, uint8 targets" in report, report
+    assert f"| speed-up vs eager MLSM | {dense_ratio:.2f}× |" in report, report
+    assert "### Dense targets against the batch — fwd+bwd, L=128, bf16 logits, uint8 targets" in report
+    for b in BATCHES:
+        ratio = _time(batch, "torch-mlsm", b) / _time(batch, "softmargin-triton", b)
+        assert re.search(rf"^\| {b} \| [\d.e+-]+ \| [\d.e+-]+ \| {ratio:.2f}× \|", report, re.MULTILINE), (
+            report
+        )
+    assert "### Sparse targets — fwd+bwd, B=8, bf16 logits" in report
     sparse_rows = [line for line in report.splitlines() if re.match(r"\| (64|256) \|", line)]
     assert len(sparse_rows) == 2 and all(re.search(r"\| \d+\.\d\d× \|", line) for line in sparse_rows)
-    for png in ("dense_sweep_time_uint8.png", "sparse_sweep_time_all.png", "linear_sweep_time_B8-D16.png"):
-        image = matplotlib.image.imread(tmp_path / png)
-        assert image.shape[0] > 200 and image.shape[1] > 300
-        assert image[..., :3].std() > 0.05, f"{png} is blank"
+    assert "### Fused linear + loss — fwd+bwd, L=256, bf16, sparse targets" in report
+    for sweep in ("dense", "batch", "sparse", "linear"):
+        for dtype in ("fp32", "bf16"):
+            image = matplotlib.image.imread(tmp_path / f"{sweep}_sweep_time_{dtype}.png")
+            assert image.shape[0] > 200 and image.shape[1] > 300
+            assert image[..., :3].std() > 0.05, f"{sweep} {dtype} plot is blank"
+
+
+def _time(frame: pd.DataFrame, provider: str, x: int) -> float:
+    """Median fwd+bwd time at bf16 logits and uint8 targets."""
+    rows = frame[
+        (frame["metric"] == "time")
+        & (frame["mode"] == "full")
+        & (frame["dtype"] == "bf16")
+        & (frame["target_dtype"] == "uint8")
+        & (frame["provider"] == provider)
+        & (frame["x_value"] == x)
+    ]
+    assert len(rows) == 1
+    return float(rows["y_50"].iloc[0])
