@@ -7,7 +7,7 @@ CUDA's max_memory_allocated on a GPU, the process's peak RSS on a CPU. Defaults:
 amazon-670k-shaped synthetic dataset (670,091 labels) at a tenth of its points, on a CPU eurlex-4k at a
 quarter. Writes xmc_compare.csv (long format: one row per loss implementation and quantity, with the device,
 versions, commit and date) and XMC.md, the comparison table generated from it; each run's own log,
-curves and summary stay in OUT/<loss>/.
+curves and summary (not its checkpoint) stay in OUT/<loss>/.
 """
 
 import argparse
@@ -32,6 +32,7 @@ def run_training(loss: str, out: Path, dataset: str, scale: float, extra: list[s
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         return dict(error=(completed.stderr.strip().splitlines() or ["failed"])[-1])
+    (out / loss / "checkpoint.pt").unlink()  # the comparison keeps the run's log, curves and summary
     return json.loads((out / loss / "summary.json").read_text())
 
 
