@@ -24,6 +24,11 @@ import math
 
 import torch
 import torch.distributed as dist
+
+# torch.distributed.nn binds the world group in default arguments when first imported, and the custom ops'
+# first call imports it (through torch._dynamo). Imported after init_process_group, it would keep the group
+# alive past destroy_process_group, into interpreter exit, where gloo's threads can abort the process.
+import torch.distributed.nn
 from torch import Tensor, nn
 
 from softmargin_triton.backend import use_triton_for
@@ -288,6 +293,7 @@ def sharded_linear_multilabel_soft_margin_loss(
         bias_shard: (L_r,) or None (on every rank alike).
         label_start: this shard's first label; the ranks' shards must tile [0, num_labels).
         num_labels: L, the whole classifier's label count.
+        group: the process group whose ranks share the labels; None for the default group.
         label_weight, pos_weight: as in `linear_multilabel_soft_margin_loss`, broadcastable to
             (..., num_labels); with `data_parallel=True` without a per-row dimension.
         reduction: 'none' → input.shape[:-1] (this rank's rows with `data_parallel=True`); 'mean' / 'sum' →
@@ -300,7 +306,6 @@ def sharded_linear_multilabel_soft_margin_loss(
         DistributedDataParallel, which averages gradients over ranks, get 1/world_size of the total), and
         each rank's weight_shard and bias_shard gradients are that loss's for its labels.
     """
-    group = group if group is not None else dist.group.WORLD
     input, weight_shard, bias_shard = _autocast_operands(input, weight_shard, bias_shard)
     try:
         call, error = (
@@ -440,7 +445,7 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.group = group if group is not None else dist.group.WORLD
+        self.group = group  # None: the default group, looked up at each call (holding it keeps it alive)
         self.in_features, self.num_labels, self.reduction = in_features, num_labels, reduction
         self.data_parallel = data_parallel
         self.label_start, self.label_stop = shard_range(
