@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: install, then the steps asked for, in this order: `tests` (the whole
-# suite, gpu tier included) and the sweeps (dense batch sparse linear), then their plots and REPORT.md.
+# suite, gpu tier included), the sweeps (dense batch sparse linear) with their plots and REPORT.md, and
+# `xmc` (the trainer on an amazon-670k-shaped dataset with the fused loss vs eager torch, into $OUT/xmc).
 # Results go to $OUT (the device tool's return folder) or ./gpu-out.
-#   bash bench/gpu_session.sh [STEP ...]      (default: tests dense batch sparse linear)
+#   bash bench/gpu_session.sh [STEP ...]      (default: tests dense batch sparse linear xmc)
 # A call is limited to 10 minutes and dense + batch alone take about 8 on an H100 (estimate in
 # bench/sweep.py's docstring): run them in a call of their own, e.g. `tests sparse linear`, then `dense batch`.
 set -uo pipefail
@@ -10,12 +11,14 @@ out="${OUT:-gpu-out}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 tests=0
+xmc=0
 sweeps=()
-for step in ${*:-tests dense batch sparse linear}; do
+for step in ${*:-tests dense batch sparse linear xmc}; do
     case "$step" in
         tests) tests=1 ;;
+        xmc) xmc=1 ;;
         dense | batch | sparse | linear) sweeps+=("$step") ;;
-        *) echo "unknown step '$step': expected tests, dense, batch, sparse or linear" >&2; exit 2 ;;
+        *) echo "unknown step '$step': expected tests, dense, batch, sparse, linear or xmc" >&2; exit 2 ;;
     esac
 done
 python -m pip install --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
@@ -29,4 +32,7 @@ if ((${#sweeps[@]})); then
     python bench/sweep.py --out "$out" --sweeps "${sweeps[@]}" >"$out/sweep.log" 2>&1 || tail -n 20 "$out/sweep.log"
     grep -a "^wrote" "$out/sweep.log"
     python bench/plot.py "$out" | tail -n 1
+fi
+if ((xmc)); then
+    python bench/xmc_compare.py --out "$out/xmc" 2>&1 | tail -n 12
 fi
