@@ -13,8 +13,9 @@ from conftest import DEVICE, assert_close
 from test_xmc_data import xc_text
 
 from softmargin_triton.xmc.data import PRESETS, batches, synthetic
+from softmargin_triton.xmc.metrics import precision_at_k, propensity, psp_at_k
 from softmargin_triton.xmc.model import XMCModel
-from softmargin_triton.xmc.train import main
+from softmargin_triton.xmc.train import evaluate, main
 
 # A tiny run: eurlex-4k's 3,993 labels and 5,000 features, a tenth of its points.
 SMALL = ["--dataset", "eurlex-4k", "--scale", "0.1", "--batch-size", "32", "--hidden", "128", "--lr", "1e-2"]
@@ -88,3 +89,57 @@ def test_trains_from_an_xc_directory(tmp_path):
     assert set(summary["metrics"]) == {f"{name}@{k}" for name in ("P", "nDCG", "PSP") for k in (1, 3, 5)}
     with pytest.raises(ValueError, match="neither a preset"):
         main(["--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    named_like_a_preset = tmp_path / "eurlex-4k"  # a directory wins over the preset of the same name
+    named_like_a_preset.mkdir()
+    (tmp_path / "train.txt").rename(named_like_a_preset / "train.txt")
+    narrower = dataclasses.replace(PRESETS["eurlex-4k"], num_labels=3000)
+    (named_like_a_preset / "test.txt").write_text(xc_text(synthetic(narrower, num_points=20, seed=2)[1]))
+    with pytest.raises(ValueError, match="3993 labels, the test split 5000 and 3000"):
+        main(["--dataset", str(named_like_a_preset), "--out", str(tmp_path / "run")])
+
+
+def test_evaluation_scores_the_whole_split_at_once():
+    """Metrics do not depend on the evaluation batch size: PSP@k is the split's ratio of means."""
+    shape = dataclasses.replace(PRESETS["eurlex-4k"], num_features=80, num_labels=50)
+    train, test = synthetic(shape, num_points=200, num_test_points=70, seed=3)
+    torch.manual_seed(0)
+    model = XMCModel(80, 50, 16)
+    label_propensity = propensity(train.label_counts(), train.num_points)
+    topk = model.topk(test.features, 5)[1]
+    expected = {
+        "PSP@5": psp_at_k(topk, test.labels, 5, label_propensity),
+        "P@3": precision_at_k(topk, test.labels, 3),
+    }
+    for batch_size in (7, 32, 1000):
+        metrics = evaluate(model, test, label_propensity, batch_size, torch.device("cpu"))
+        for name, value in expected.items():
+            assert metrics[name] == pytest.approx(float(value), rel=1e-6), (batch_size, name)
+
+
+def test_resume_refuses_changed_settings_and_redoes_unsaved_epochs(tmp_path):
+    tiny = ["--scale", "0.03", "--hidden", "32"]
+    run(tmp_path, "--epochs", "1", *tiny)
+    with pytest.raises(ValueError, match=r"settings other than the checkpoint's.*'lr': \(0.01, 1e-06\)"):
+        run(tmp_path, "--epochs", "2", *tiny, "--lr", "1e-6", "--resume")
+    log = pd.read_csv(tmp_path / "log.csv")
+    crashed = pd.concat([log, log.assign(epoch=2)])  # rows a crash left after the checkpoint's epoch
+    crashed.to_csv(tmp_path / "log.csv", index=False)
+    run(tmp_path, "--epochs", "2", *tiny, "--resume")
+    resumed = pd.read_csv(tmp_path / "log.csv")
+    assert not resumed.duplicated(["split", "epoch", "step", "metric"]).any()
+    assert sorted(set(resumed.epoch)) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--eval-every", "-1"], "--eval-every must be at least 1"),
+        (["--scale", "0"], "--scale must be positive"),
+    ],
+)
+def test_bad_arguments_fail_before_training(tmp_path, args, match):
+    with pytest.raises(ValueError, match=match):
+        run(tmp_path, *args)
+    assert not (tmp_path / "log.csv").exists()

@@ -8,7 +8,9 @@ number of points) or a directory of the Extreme Classification Repository holdin
 apart). It picks CUDA when there is one (the Triton kernels, bf16 autocast) and the CPU otherwise (the
 plain-torch path), evaluates P@k, nDCG@k and PSP@k on the test split every `--eval-every` epochs, and
 writes into `--out`: log.csv (long format: one row per split, epoch, step and metric), curves.png,
-summary.json and checkpoint.pt (`--resume` continues from it).
+summary.json and checkpoint.pt (`--resume` continues from it, with the same settings but for --epochs,
+--eval-every, --device and --out). summary.json's time per epoch leaves out the first epoch, which also
+compiles and autotunes the kernels.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import dataclasses
 import json
 import math
 import resource
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from softmargin_triton.xmc.model import XMCModel
 __all__ = ["TrainConfig", "load_dataset", "main", "train"]
 
 KS = (1, 3, 5)
+# Settings a resumed run may change; any other difference from the checkpoint's is refused.
+_RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "eval_every"}
 
 
 @dataclass
@@ -57,17 +62,26 @@ class TrainConfig:
 
 
 def load_dataset(name: str, scale: float = 1.0, seed: int = 0) -> tuple[XMCDataset, XMCDataset]:
-    """(train, test): a synthetic preset at `scale`, or an XC repository directory (see the module doc)."""
-    if name in PRESETS:
-        return synthetic(name, scale=scale, seed=seed)
+    """(train, test): an XC repository directory (see the module doc), else a synthetic preset at `scale`."""
     folder = Path(name)
+    splits = None
     if (folder / "train.txt").is_file():
-        return read_xc(folder / "train.txt"), read_xc(folder / "test.txt")
-    if (folder / "trn_X_Xf.txt").is_file():
-        return (
+        splits = read_xc(folder / "train.txt"), read_xc(folder / "test.txt")
+    elif (folder / "trn_X_Xf.txt").is_file():
+        splits = (
             read_xc_split(folder / "trn_X_Xf.txt", folder / "trn_X_Y.txt"),
             read_xc_split(folder / "tst_X_Xf.txt", folder / "tst_X_Y.txt"),
         )
+    elif name in PRESETS and not folder.exists():
+        return synthetic(name, scale=scale, seed=seed)
+    if splits is not None:
+        train, test = splits
+        if (train.num_features, train.num_labels) != (test.num_features, test.num_labels):
+            raise ValueError(
+                f"--dataset {name!r}: the training split has {train.num_features} features and "
+                f"{train.num_labels} labels, the test split {test.num_features} and {test.num_labels}"
+            )
+        return splits
     raise ValueError(
         f"--dataset {name!r} is neither a preset ({', '.join(PRESETS)}) nor a directory holding train.txt "
         "and test.txt, or trn_X_Xf.txt, trn_X_Y.txt, tst_X_Xf.txt and tst_X_Y.txt"
@@ -84,20 +98,19 @@ def _device(choice: str) -> torch.device:
 def evaluate(
     model: XMCModel, test: XMCDataset, label_propensity: torch.Tensor, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """P@k, nDCG@k and PSP@k for k in KS over the test split; `label_propensity` (L,) for PSP."""
+    """P@k, nDCG@k and PSP@k for k in KS over the whole test split (PSP as a ratio of means over all its
+    points, as the XC repository's tools); `label_propensity` (L,) for PSP. `test` on `device`."""
     model.eval()
     k = min(max(KS), test.num_labels)
-    totals: dict[str, torch.Tensor] = {}
-    for features, targets in batches(test, batch_size, shuffle=False, device=device):
-        _, topk = model.topk(features, k)
-        rows = targets.shape[0]
-        for at in (at for at in KS if at <= k):
-            for name, metric in (("P", precision_at_k), ("nDCG", ndcg_at_k)):
-                totals[f"{name}@{at}"] = totals.get(f"{name}@{at}", 0) + metric(topk, targets, at) * rows
-            psp = psp_at_k(topk, targets, at, label_propensity) * rows
-            totals[f"PSP@{at}"] = totals.get(f"PSP@{at}", 0) + psp
+    # The (N, k) predicted ids are small: score the split at once rather than averaging batch ratios.
+    topk = torch.cat([model.topk(features, k)[1] for features, _ in batches(test, batch_size, shuffle=False)])
     model.train()
-    return {name: float(total) / max(test.num_points, 1) for name, total in totals.items()}
+    metrics = {}
+    for at in (at for at in KS if at <= k):
+        metrics[f"P@{at}"] = precision_at_k(topk, test.labels, at)
+        metrics[f"nDCG@{at}"] = ndcg_at_k(topk, test.labels, at)
+        metrics[f"PSP@{at}"] = psp_at_k(topk, test.labels, at, label_propensity)
+    return {name: float(value) for name, value in metrics.items()}
 
 
 def frequency_baseline(train: XMCDataset, test: XMCDataset) -> dict[str, float]:
@@ -141,6 +154,11 @@ def _plot(log: pd.DataFrame, baseline: dict[str, float], title: str, path: Path)
 
 def train(config: TrainConfig) -> dict:
     """Run (or resume) training as `config` says; returns the summary also written to summary.json."""
+    for name in ("epochs", "batch_size", "eval_every", "hidden"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if not config.scale > 0:
+        raise ValueError(f"--scale must be positive, got {config.scale}")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(config.device)
@@ -159,12 +177,21 @@ def train(config: TrainConfig) -> dict:
     checkpoint_path, log_path = out / "checkpoint.pt", out / "log.csv"
     first_epoch, step, epoch_seconds = 1, 0, []
     if config.resume:
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # On the CPU: the shuffle generator's state must stay there, and load_state_dict moves the rest.
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        changed = {
+            name: (before, getattr(config, name))
+            for name, before in state["config"].items()
+            if name not in _RESUMABLE_CHANGES and before != getattr(config, name)
+        }
+        if changed:
+            raise ValueError(f"--resume with settings other than the checkpoint's (was, now): {changed}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         shuffle.set_state(state["shuffle"])
         first_epoch, step, epoch_seconds = state["epoch"] + 1, state["step"], state["epoch_seconds"]
-        records = pd.read_csv(log_path).to_dict("records")
+        # Rows a crash left after the checkpoint's epoch are redone, not duplicated.
+        records = [row for row in pd.read_csv(log_path).to_dict("records") if row["epoch"] < first_epoch]
     else:
         records = []
     baseline = frequency_baseline(train_set, test_set)
@@ -208,18 +235,17 @@ def train(config: TrainConfig) -> dict:
             shown = ", ".join(f"{name} {metrics[name]:.4f}" for name in ("P@1", "P@5") if name in metrics)
             tqdm.write(f"epoch {epoch}: {shown} (label-frequency P@1 {baseline['P@1']:.4f})")
         pd.DataFrame(records).to_csv(log_path, index=False)
-        torch.save(
-            dict(
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                shuffle=shuffle.get_state(),
-                epoch=epoch,
-                step=step,
-                epoch_seconds=epoch_seconds,
-                config=dataclasses.asdict(config),
-            ),
-            checkpoint_path,
+        state = dict(
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            shuffle=shuffle.get_state(),
+            epoch=epoch,
+            step=step,
+            epoch_seconds=epoch_seconds,
+            config=dataclasses.asdict(config),
         )
+        torch.save(state, checkpoint_path.with_suffix(".tmp"))
+        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)  # a crash never leaves half a file
 
     log = pd.DataFrame(records)
     final = log[(log.split == "test") & (log.epoch == log.epoch.max())]
@@ -233,7 +259,8 @@ def train(config: TrainConfig) -> dict:
         num_features=train_set.num_features,
         train_points=train_set.num_points,
         test_points=test_set.num_points,
-        seconds_per_epoch=sum(epoch_seconds) / max(len(epoch_seconds), 1),
+        # The first epoch also compiles and autotunes the kernels: leave it out when there are others.
+        seconds_per_epoch=statistics.mean(epoch_seconds[1:] or epoch_seconds),
         peak_memory_mb=_peak_memory_mb(device),
         metrics=dict(zip(final.metric, final.value, strict=True)),
         label_frequency_baseline=baseline,
