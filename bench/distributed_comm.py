@@ -59,9 +59,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODES = ("replicated", "data_parallel")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 POSITIVES_PER_ROW = 5.45  # Amazon-670K's average
-# The formula's constants: the agreement step gathers an error flag and 12 fields per rank, as int64; the
-# positives travel as int64 row counts and int32 label ids (SparseTargets' ids below 2^31 labels).
-AGREEMENT_INTS, INT64_BYTES, ID_BYTES = 13, 8, 4
+# The formula's constants: the agreement step gathers an error flag and the call's fields per rank, as
+# int64; the positives travel as int64 row counts and int64 label ids.
+AGREEMENT_INTS, INT64_BYTES, ID_BYTES = 1 + len(sharded._CALL_FIELDS), 8, 8
 # Helpers that only forward to a collective: the call site is their caller.
 FORWARDING_HELPERS = {"_all_gather_rows"}
 SITE_NAMES = {
@@ -295,11 +295,11 @@ def expected_traffic(
     """What the design sends through each collective in one 'mean' step of one rank, for B = `batch` rows
     in all (B/W per rank with data_parallel), D = `dim`, features of `element_bytes` bytes:
 
-    - agreement all-gather: in 13 int64, out W·13 int64;
+    - agreement all-gather: in AGREEMENT_INTS int64, out W times that;
     - loss all-reduce: the fp32 share (4 bytes; 8 for float64);
     - replicated: dE all-reduce of B·D elements;
     - data_parallel: features all-gather, in (B/W)·D, out B·D elements; positives all-gather (2 calls),
-      in (B/W) int64 row counts + n_max int32 ids, out B int64 + W·n_max int32 (n_max: the largest rank's
+      in (B/W) int64 row counts + n_max int64 ids, out B int64 + W·n_max int64 (n_max: the largest rank's
       positives, to which every rank pads); dE reduce-scatter, in B·D, out (B/W)·D elements.
     """
     agreement = AGREEMENT_INTS * INT64_BYTES

@@ -49,6 +49,23 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
+# What every rank reports to the call's agreement step (see _local_call).
+_CALL_FIELDS = (
+    "rows",
+    "dim",
+    "label_start",
+    "shard_labels",
+    "num_labels",
+    "reduction",
+    "data_parallel",
+    "sparse",
+    "dtype",
+    "out_dtype",
+    "bias",
+    "input_grad",
+    "graph",
+    "nnz",
+)
 # torch 2.13 renamed the single-tensor collectives; the old names still work there, with a warning.
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -140,7 +157,7 @@ def _gather_positives(targets: SparseTargets, nnz_per_rank: list[int], group) ->
     the ids (padded to the largest rank's nnz, known on the host from the call's agreement step)."""
     counts = _all_gather_rows(targets.indptr.diff(), group)
     indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    padded = targets.indices.new_zeros(max(nnz_per_rank))
+    padded = targets.indices.new_zeros(max(nnz_per_rank), dtype=torch.int64)  # ranks' id dtypes may differ
     padded[: targets.nnz] = targets.indices
     ids = _all_gather_rows(padded, group).view(len(nnz_per_rank), -1)
     return indptr, torch.cat([ids[rank, :nnz] for rank, nnz in enumerate(nnz_per_rank)])
@@ -154,7 +171,9 @@ def _gather_positives(targets: SparseTargets, nnz_per_rank: list[int], group) ->
 def _agree(fields: dict[str, int], local_error: Exception | None, group, device: torch.device) -> list[dict]:
     """All ranks' `fields`, after every rank learnt whether any rank's call is invalid (then all raise)."""
     names = ["error", *fields]
-    local = torch.tensor([int(local_error is not None), *fields.values()], dtype=torch.int64, device=device)
+    local = torch.tensor([int(local_error is not None), *fields.values()], dtype=torch.int64)
+    if device.type == "cuda":  # from page-locked memory the copy does not wait for the stream: one sync
+        local = local.pin_memory().to(device, non_blocking=True)
     table = torch.empty(dist.get_world_size(group) * len(names), dtype=torch.int64, device=device)
     _all_gather_single(table, local, group=group)
     rows = [dict(zip(names, row, strict=True)) for row in table.view(-1, len(names)).tolist()]  # host sync
@@ -217,9 +236,11 @@ def _local_call(
     reduction: str,
     data_parallel: bool,
 ) -> dict:
-    """This rank's checks, and its operands as the chunk loop takes them (label dimensions cut to the shard,
-    viewed as rows); raises on a bad argument."""
+    """This rank's checks, its operands as the chunk loop takes them (under autocast in its dtype; label
+    dimensions cut to the shard, viewed as rows), and the fields all ranks must agree on; raises on a bad
+    argument."""
     reduction = _resolve_reduction(None, None, reduction)
+    input, weight_shard, bias_shard = _autocast_operands(input, weight_shard, bias_shard)
     out_dtype = _check_operands(
         input, weight_shard, target, bias_shard, label_weight, pos_weight, num_labels, "weight_shard"
     )
@@ -247,15 +268,27 @@ def _local_call(
             return None
         if operand.dim() > 0 and operand.shape[-1] == num_labels:
             operand = operand[..., label_start:stop]
+        given = tuple(operand.shape)
+        if operand.dim() > 0 and operand.shape[-1] == num_labels:
+            operand = operand[..., label_start:stop]
         view = _rows_view(operand, shard_shape, shard_labels)
         if view is None or (data_parallel and rows > 1 and view.stride(0) != 0):
             raise NotImplementedError(
-                f"{name} of shape {tuple(operand.shape)}: per-row values need a (rows, labels) view"
-                + (" and cannot be gathered with data_parallel=True" if data_parallel else "")
+                f"{name} of shape {given}: the sharded loss takes weights whose leading dimensions view "
+                f"as the input's rows"
+                + (", and with data_parallel=True none that vary by row" if data_parallel else "")
             )
         return view
 
+    graph = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight_shard, bias_shard)
+    )
+    input_grad = torch.is_grad_enabled() and input.requires_grad
     return dict(
+        input=input,
+        weight_shard=weight_shard,
+        bias_shard=bias_shard,
+        input_grad=input_grad,
         reduction=reduction,
         rows=rows,
         shard_labels=shard_labels,
@@ -264,6 +297,22 @@ def _local_call(
         target=None if sparse else shard_rows("target", target),
         label_weight=shard_rows("label_weight", label_weight),
         pos_weight=shard_rows("pos_weight", pos_weight),
+        fields=dict(
+            rows=rows,
+            dim=input.shape[-1],
+            label_start=label_start,
+            shard_labels=shard_labels,
+            num_labels=num_labels,
+            reduction=_REDUCTIONS.index(reduction),
+            data_parallel=int(data_parallel),
+            sparse=int(sparse),
+            dtype=_FLOAT_DTYPES.index(input.dtype),
+            out_dtype=_FLOAT_DTYPES.index(out_dtype),
+            bias=int(bias_shard is not None),
+            input_grad=int(input_grad),
+            graph=int(graph),  # whether backward runs, and with it the backward's collectives
+            nnz=target.nnz if sparse else 0,
+        ),
     )
 
 
@@ -306,7 +355,6 @@ def sharded_linear_multilabel_soft_margin_loss(
         DistributedDataParallel, which averages gradients over ranks, get 1/world_size of the total), and
         each rank's weight_shard and bias_shard gradients are that loss's for its labels.
     """
-    input, weight_shard, bias_shard = _autocast_operands(input, weight_shard, bias_shard)
     try:
         call, error = (
             _local_call(
@@ -323,29 +371,16 @@ def sharded_linear_multilabel_soft_margin_loss(
             ),
             None,
         )
-    except (ValueError, TypeError, RuntimeError, NotImplementedError) as caught:
+    except Exception as caught:  # whatever fails here must reach the other ranks, or they would wait
         call, error = None, caught
-    input_grad = torch.is_grad_enabled() and input.requires_grad
-    fields = dict(
-        rows=call["rows"] if call else 0,
-        dim=input.shape[-1] if call else 0,
-        label_start=label_start,
-        shard_labels=call["shard_labels"] if call else 0,
-        num_labels=num_labels,
-        reduction=_REDUCTIONS.index(call["reduction"]) if call else 0,
-        data_parallel=int(data_parallel),
-        sparse=int(call["sparse"]) if call else 0,
-        dtype=_FLOAT_DTYPES.index(input.dtype) if call else 0,
-        bias=int(bias_shard is not None),
-        input_grad=int(input_grad),
-        nnz=target.nnz if call and call["sparse"] else 0,
-    )
+    fields = call["fields"] if call else dict.fromkeys(_CALL_FIELDS, 0)
     table = _agree(fields, error, group, _collective_device(group))
     _require_equal(table, "num_labels", "rows", "dim", "reduction", "data_parallel", "sparse", "dtype")
-    _require_equal(table, "bias", "input_grad")
+    _require_equal(table, "out_dtype", "bias", "input_grad", "graph")
     _check_tiling(table, num_labels)
 
-    reduction = call["reduction"]
+    input, weight_shard, bias_shard = call["input"], call["weight_shard"], call["bias_shard"]
+    input_grad, reduction = call["input_grad"], call["reduction"]
     rows_in = input.reshape(call["rows"], input.shape[-1])
     label_weight_rows, pos_weight_rows = call["label_weight"], call["pos_weight"]
     indptr, indices = (target.indptr, target.indices) if call["sparse"] else (None, None)

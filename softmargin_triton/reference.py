@@ -4,6 +4,7 @@ They follow the kernels' contract (the loss and the gradient of the reduced loss
 same math, so a kernel can be checked element by element, and they run anywhere torch runs.
 """
 
+import math
 from typing import Literal
 
 import torch
@@ -26,10 +27,10 @@ def reduction_grad_scale(loss_form: LossForm, reduction: str, rows: int, cols: i
     MultiLabelSoftMarginLoss divides each row's sum by C (never by the sum of weights); 'mean' then averages
     the rows. BCEWithLogitsLoss 'mean' divides by numel.
     """
-    scale = 1.0 / cols if loss_form == "mlsm" else 1.0
+    divisor = cols if loss_form == "mlsm" else 1
     if reduction == "mean":
-        scale /= rows * cols if loss_form == "bce" else rows
-    return scale
+        divisor *= rows * cols if loss_form == "bce" else rows
+    return 1.0 / divisor if divisor else math.nan  # no rows or no labels: the loss is NaN, as torch's
 
 
 def reduce_row_sums(row_sums: Tensor, loss_form: LossForm, reduction: str, cols: int) -> Tensor:

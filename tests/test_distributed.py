@@ -229,14 +229,16 @@ def _check_bad_calls(rank: int, world: int) -> None:
     """Bad calls raise on every rank (no rank waits forever), and a good call works afterwards."""
     lists, input, weight = _problem(torch.float32, ROWS, seed=3)[:3]
     targets = st.SparseTargets.from_lists(lists, LABELS)
-    targets_short = st.SparseTargets.from_lists(lists[:-1], LABELS)
+    targets_by_rows = {
+        rows: st.SparseTargets.from_lists(lists[:rows], LABELS) for rows in (ROWS, ROWS - 1, 0)
+    }
     start, stop = shard_range(LABELS, world, rank)
 
     def call(x=input, w=None, label_start=start, **kwargs):
         return sharded_linear_multilabel_soft_margin_loss(
             x,
             weight[start:stop] if w is None else w,
-            targets if x.shape[0] == ROWS else targets_short,
+            targets_by_rows[x.shape[0]],
             label_start=label_start,
             num_labels=LABELS,
             **kwargs,
@@ -261,8 +263,23 @@ def _check_bad_calls(rank: int, world: int) -> None:
             num_labels=LABELS,
             data_parallel=True,
         )
+    expected = (AttributeError, "device") if rank == last else (ValueError, f"rank {last}:")
+    with pytest.raises(expected[0], match=expected[1]):
+        call(pos_weight=2.0 if rank == last else None)  # not a tensor: any local error reaches every rank
+    with pytest.raises(ValueError, match="ranks disagree on graph"):  # only some ranks would backpropagate
+        call(w=weight[start:stop].requires_grad_(rank == 0))
     loss = call()
     _assert_close(loss, st.linear_multilabel_soft_margin_loss(input, weight, targets), torch.float32, "loss")
+    # An empty batch gives NaN, as the single-process loss does; ranks whose ids have different dtypes (a
+    # valid SparseTargets may hold int64 ids below 2^31 labels) still gather them.
+    assert call(x=input[:0], label_start=start).isnan()
+    wide = st.SparseTargets(targets.indptr, targets.indices.long(), LABELS) if rank == 0 else targets
+    loss = sharded_linear_multilabel_soft_margin_loss(
+        input, weight[start:stop], wide, label_start=start, num_labels=LABELS, data_parallel=True
+    )
+    everyone = st.SparseTargets.from_lists(lists * world, LABELS)
+    expected_loss = st.linear_multilabel_soft_margin_loss(input.repeat(world, 1), weight, everyone)
+    _assert_close(loss, expected_loss, torch.float32, "loss over mixed id dtypes")
 
 
 def _check_all(rank: int, world: int) -> None:

@@ -91,10 +91,10 @@ def test_measured_bytes_match_formula(tmp_path: Path) -> None:
             case = steps[
                 (steps["mode"] == mode) & (steps["labels"] == labels) & (steps["metric"] == "positives")
             ]
-            most = int(case["value"].max())  # every rank pads its int32 ids to the largest rank's count
+            most = int(case["value"].max())  # every rank pads its int64 ids to the largest rank's count
             positives = sites.pop(("all_gather", "_gather_positives"))
-            assert positives["calls"] == 2  # int64 row counts, then int32 ids
-            assert positives["output_bytes"] == BATCH * 8 + WORLD * most * 4
+            assert positives["calls"] == 2  # int64 row counts, then int64 ids
+            assert positives["output_bytes"] == BATCH * 8 + WORLD * most * 8
         assert not sites, f"unexpected collectives: {sites}"
     # the same positives for every L (counts drawn first), so the whole step's traffic does not depend on L
     assert all(len(per_labels) == 1 for per_labels in totals.values()), totals
