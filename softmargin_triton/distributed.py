@@ -338,7 +338,7 @@ def sharded_linear_multilabel_soft_margin_loss(
             `data_parallel=True` this rank's own batch (the same shape on every rank).
         weight_shard: (L_r, D) this rank's classifier rows: labels [label_start, label_start + L_r).
         target: (..., num_labels) dense, or a SparseTargets (N, num_labels) for a (N, D) input, over all
-            labels (each rank reads its range in place); SparseTargets only with `data_parallel=True`.
+            labels (each rank reads its range in place); with `data_parallel=True` a SparseTargets only.
         bias_shard: (L_r,) or None (on every rank alike).
         label_start: this shard's first label; the ranks' shards must tile [0, num_labels).
         num_labels: L, the whole classifier's label count.

@@ -521,8 +521,8 @@ def streaming_topk(input: Tensor, weight: Tensor, bias: Tensor | None, k: int) -
     k = min(k, num_labels)
     rows = math.prod(input.shape[:-1])
     chunk = max(chunk_labels(rows, num_labels, 4), k)  # one fp32-sized logits chunk
-    best_values, best_labels = input.new_empty((*input.shape[:-1], 0)), input.new_empty(0, dtype=torch.int64)
-    best_labels = best_labels.expand(best_values.shape)
+    best_values = input.new_empty((*input.shape[:-1], 0))
+    best_labels = best_values.new_empty(best_values.shape, dtype=torch.int64)
     for start in range(0, num_labels, chunk):
         stop = min(start + chunk, num_labels)
         chunk_bias = None if bias is None else bias[start:stop]
