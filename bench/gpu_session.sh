@@ -8,6 +8,8 @@
 # bench/sweep.py's docstring): run them in a call of their own, e.g. `tests sparse linear`, then `dense batch`.
 set -uo pipefail
 out="${OUT:-gpu-out}"
+# The device image's interpreter is python3 (a bare `python` may be missing or another one).
+py="${PYTHON:-python3}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 tests=0
@@ -21,18 +23,18 @@ for step in ${*:-tests dense batch sparse linear xmc}; do
         *) echo "unknown step '$step': expected tests, dense, batch, sparse, linear or xmc" >&2; exit 2 ;;
     esac
 done
-python -m pip install --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
+"$py" -m pip install --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
+"$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 if ((tests)); then
-    python -m pytest -q -rs 2>&1 | tee "$out/pytest.log"
+    "$py" -m pytest -q -rs 2>&1 | tee "$out/pytest.log"
 fi
 if ((${#sweeps[@]})); then
     # The log keeps the progress bars: where the sweeps stood if the call ran out of time.
-    python bench/sweep.py --out "$out" --sweeps "${sweeps[@]}" >"$out/sweep.log" 2>&1 || tail -n 20 "$out/sweep.log"
+    "$py" bench/sweep.py --out "$out" --sweeps "${sweeps[@]}" >"$out/sweep.log" 2>&1 || tail -n 20 "$out/sweep.log"
     grep -a "^wrote" "$out/sweep.log"
-    python bench/plot.py "$out" | tail -n 1
+    "$py" bench/plot.py "$out" | tail -n 1
 fi
 if ((xmc)); then
-    python bench/xmc_compare.py --out "$out/xmc" 2>&1 | tail -n 12
+    "$py" bench/xmc_compare.py --out "$out/xmc" 2>&1 | tail -n 12
 fi
