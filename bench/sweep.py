@@ -7,8 +7,10 @@ dense:  multilabel_soft_margin_loss over a dense (B, L) target against L, per lo
 batch:  the same against B, at one L.
 sparse: the same loss with Zipf-distributed positive labels (~5.45 per row, as Amazon-670K): ours with
         SparseTargets, against ours and torch's losses on the dense equivalent.
-linear: linear_multilabel_soft_margin_loss (sparse targets) against eager and compiled F.linear + MLSM
-        and our chunked plain-torch loop, per (B, D), with the 3-GEMM floor at a GEMM rate measured here.
+linear: linear_multilabel_soft_margin_loss (sparse targets) against eager and compiled F.linear + MLSM,
+        our chunked plain-torch loop and, on CUDA only, design (a) of DESIGN.md, one tiled kernel with
+        fp32 atomics (bench/linear_tiled.py, "softmargin-triton-tiled"), per (B, D), with the 3-GEMM floor
+        at a GEMM rate measured here.
 
 Defaults on a CUDA machine: dense at B=4096, L = 2^10 … 2^20 and batch at L=131072, B = 2^8 … 2^14, both
 with bf16, fp16 and fp32 logits and fp32, bf16 and uint8 targets against all five providers; sparse and
@@ -51,6 +53,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import triton
+from linear_tiled import tiled_linear_multilabel_soft_margin_loss  # bench/linear_tiled.py, beside this
 from tqdm import tqdm
 
 import softmargin_triton as st
@@ -308,6 +311,8 @@ LINEAR_PROVIDERS: dict[str, Callable] = {
     "torch-linear-mlsm": _torch_linear_mlsm,
     "torch-linear-mlsm-compile": torch.compile(_torch_linear_mlsm),
 }
+if torch.cuda.is_available():  # design (a), the comparison point of issue 4; its kernel runs on CUDA only
+    LINEAR_PROVIDERS["softmargin-triton-tiled"] = tiled_linear_multilabel_soft_margin_loss
 
 
 def gemm_tflops(batch: int, dim: int, dtype: torch.dtype, device: str) -> float:
