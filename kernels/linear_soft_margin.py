@@ -5,25 +5,33 @@ registers (E · W_cᵀ + b, fp32 accumulation on tensor cores) and, in its epilo
 elementwise loss with respect to those logits, G (B, L_c), and one fp32 loss partial per (row, tile). The
 host then runs dE += G · W_c and dW_c = Gᵀ · E as plain GEMMs and reuses the G buffer for the next chunk.
 
-Sparse targets are read in the epilogue: each row's positives inside the tile's label range (compressed rows)
-are compared with the tile's label ids, so the -y term is folded into the gradient in fp32 before it is
-rounded, as for dense targets.
+Sparse targets need no target tile: the epilogue first treats every label of the tile as a negative (loss
+softplus(x), gradient σ(x)), then corrects the tile's few positives one by one (each row's positives in
+range, from the compressed rows), their loss and gradient computed in fp32 from the tile's own logits.
+Holding no 0/1 tile keeps a 128×128 tile's epilogue free of register spills (bench/kernel_resources.py).
 """
 
 import triton
 import triton.language as tl
 
-from .soft_margin import _sigmoid_bce, mark_positives, positives_in_range
+from .soft_margin import _log1p_small, _sigmoid_bce, positives_in_range
 
 
 def chunk_configs() -> list[triton.Config]:
-    """Autotune space: (rows, labels, reduction depth) tile shapes, pipeline stages and warps."""
+    """Autotune space: (rows, labels, reduction depth) tile shapes, pipeline stages and warps.
+
+    Sized with bench/kernel_resources.py: the epilogue holds the fp32 logits tile while it computes the
+    loss and gradient, so a 128×128 tile takes 8 warps (215–255 registers a thread; with bf16 and sparse
+    targets on sm_90 no stack with triton 3.9, 136 bytes with 3.6) and the 256-wide tiles 16 (128 registers,
+    a few hundred bytes of stack)."""
     return [
         triton.Config({"BLOCK_B": b, "BLOCK_L": n, "BLOCK_D": d}, num_stages=stages, num_warps=warps)
         for b, n, d, stages, warps in (
             (128, 128, 64, 3, 8),
-            (128, 256, 64, 3, 8),
-            (256, 128, 64, 3, 8),
+            (128, 128, 64, 4, 8),
+            (128, 128, 128, 3, 8),
+            (128, 256, 64, 3, 16),
+            (256, 128, 64, 3, 16),
             (64, 128, 64, 4, 4),
             (128, 64, 64, 4, 4),
             (64, 64, 32, 4, 4),
@@ -135,32 +143,68 @@ def linear_soft_margin_chunk_kernel(
         x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
 
     if SPARSE_TARGET:
-        label_ids = label_id_offset + labels
-        tile_start = label_id_offset + label_start + pid_l * BLOCK_L
-        first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
-        y = mark_positives(INDICES, first, inside, label_ids, BLOCK_B, BLOCK_L, tl.float32)
+        # Every label as a negative first: loss softplus(x), gradient σ(x), with no target tile held in
+        # registers; the tile's few positives are corrected one by one below.
+        e = tl.exp(-tl.abs(x))
+        loss = tl.maximum(x, 0.0) + _log1p_small(e)
+        grad = tl.where(x >= 0, 1.0, e) / (1.0 + e)
     else:
         y = tl.load(Y + rows[:, None] * stride_y_row + labels[None, :] * stride_y_col, mask=mask, other=0)
         y = y.to(tl.float32)
-    p = 1.0
-    if HAS_POS_WEIGHT:
-        p = tl.load(PW + rows[:, None] * stride_pw_row + labels[None, :] * stride_pw_col, mask=mask, other=1)
-        p = p.to(tl.float32)
-    loss, grad = _sigmoid_bce(x, y, p, True, HAS_POS_WEIGHT)
+        p = 1.0
+        if HAS_POS_WEIGHT:
+            p = tl.load(
+                PW + rows[:, None] * stride_pw_row + labels[None, :] * stride_pw_col, mask=mask, other=1
+            )
+            p = p.to(tl.float32)
+        loss, grad = _sigmoid_bce(x, y, p, True, HAS_POS_WEIGHT)
     if HAS_LABEL_WEIGHT:
         w = tl.load(LW + rows[:, None] * stride_lw_row + labels[None, :] * stride_lw_col, mask=mask, other=0)
         w = w.to(tl.float32)
         loss = loss * w
         grad = grad * w
-    tl.store(
-        PARTIAL + rows * stride_partial_row + pid_l,
-        tl.sum(tl.where(mask, loss, 0.0), axis=1),
-        mask=row_mask,
-    )
+    row_loss = tl.sum(tl.where(mask, loss, 0.0), axis=1)
+    if HAS_ROW_SCALE:
+        row_scale = tl.load(ROW_SCALE + rows, mask=row_mask, other=0)
     if WRITE_GRAD:
         if HAS_ROW_SCALE:
-            grad = grad * tl.load(ROW_SCALE + rows, mask=row_mask, other=0)[:, None]
+            grad = grad * row_scale[:, None]
         tl.store(G + rows[:, None] * stride_g_row + cols[None, :], grad.to(G.dtype.element_ty), mask=mask)
+
+    if SPARSE_TARGET:
+        # Each positive's loss p·softplus(-x) replaces the softplus(x) counted above, and its gradient
+        # -p·σ(-x) overwrites the stored σ(x): computed in fp32 from the tile's own logit.
+        tile_start = label_id_offset + label_start + pid_l * BLOCK_L
+        first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
+        if WRITE_GRAD:
+            tl.debug_barrier()  # the tile's stores above land before a positive's overwrites them
+        for j in tl.range(0, tl.max(inside, axis=0)):
+            label_id = tl.load(INDICES + first + j, mask=j < inside, other=-1).to(tl.int64)
+            col = label_id - label_id_offset - label_start  # within the chunk; -1 - ... when absent
+            has = (j < inside) & (col < chunk_labels)
+            x_pos = tl.sum(tl.where(col[:, None] == cols[None, :], x, 0.0), axis=1)
+            e_pos = tl.exp(-tl.abs(x_pos))
+            log1p_pos = _log1p_small(e_pos)
+            softplus_pos = tl.maximum(x_pos, 0.0) + log1p_pos
+            softplus_neg = tl.maximum(-x_pos, 0.0) + log1p_pos
+            sigmoid_neg = tl.where(x_pos >= 0, e_pos, 1.0) / (1.0 + e_pos)
+            p_pos = 1.0
+            if HAS_POS_WEIGHT:
+                p_pos = tl.load(
+                    PW + rows * stride_pw_row + (label_start + col) * stride_pw_col, mask=has, other=1
+                ).to(tl.float32)
+            w_pos = 1.0
+            if HAS_LABEL_WEIGHT:
+                w_pos = tl.load(
+                    LW + rows * stride_lw_row + (label_start + col) * stride_lw_col, mask=has, other=0
+                ).to(tl.float32)
+            row_loss += tl.where(has, w_pos * (p_pos * softplus_neg - softplus_pos), 0.0)
+            if WRITE_GRAD:
+                grad_pos = -(w_pos * p_pos) * sigmoid_neg
+                if HAS_ROW_SCALE:
+                    grad_pos = grad_pos * row_scale
+                tl.store(G + rows * stride_g_row + col, grad_pos.to(G.dtype.element_ty), mask=has)
+    tl.store(PARTIAL + rows * stride_partial_row + pid_l, row_loss, mask=row_mask)
 
 
 # Configs write different numbers of PARTIAL columns, and the host sums them all: zero the buffer again

@@ -1,0 +1,397 @@
+"""Compile every kernel's autotune configs for a GPU ahead of time and record what each costs on chip.
+
+    python bench/kernel_resources.py [--arch 90] [--kernels ...] [--out reports/resources]
+
+No GPU is needed: Triton compiles for a named target (default sm_90a, H100/H200) on any machine, and
+cuobjdump (shipped with Triton) reads each cubin's registers per thread and stack frame. A stack frame
+means local memory: registers spilled (or arrays the compiler could not keep in registers), which an
+epilogue-heavy kernel pays for in L1/L2 traffic. Shared memory comes from Triton's metadata: a config above
+the device's per-block limit (227 KiB on sm_90) fails to launch, and the autotuner skips it.
+
+Each variant is one argument signature the package launches (pointer dtypes, constexpr flags, shapes), with
+the specialization Triton's launcher would give it: integers equal to 1 become constants, pointers and
+integers divisible by 16 are marked so, so that loads vectorize as they would at run time.
+
+Writes sm_<arch>-triton<version>.csv into --out: kernel, variant, config (JSON), num_warps, num_stages,
+registers, stack_bytes, shared_bytes, fits_shared, mma (wgmma / mma.sync / none), arch, triton_version,
+git_commit, timestamp.
+Run it with TRITON_INTERPRET unset: Triton's interpreter has no compiler to measure.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import triton
+import triton.language as tl
+from linear_tiled import linear_soft_margin_tiled_kernel, tiled_configs  # bench/linear_tiled.py
+from sweep import git_commit  # bench/sweep.py
+from tqdm import tqdm
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from softmargin_triton.kernels import linear_soft_margin, soft_margin
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Largest shared memory one block may use, per compute capability (CUDA programming guide, "Technical
+# Specifications per Compute Capability").
+MAX_SHARED_BYTES = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One launch signature: example values of the runtime arguments (pointers as Triton type strings such
+    as "*bf16", integers and floats as values) and the constexpr flags, both by parameter name."""
+
+    name: str
+    args: dict[str, object]
+    constexprs: dict[str, object]
+
+
+def _dense_loss_args(logits: str, target: str, rows: int, cols: int, weights: bool) -> dict[str, object]:
+    """soft_margin_forward_kernel on a contiguous (rows, cols) problem, weights as broadcast (cols,) views."""
+    return {
+        "X": logits,
+        "Y": target,
+        "INDPTR": "*i64",
+        "INDICES": "*i32",
+        "W": "*fp32" if weights else logits,
+        "PW": "*fp32" if weights else logits,
+        "GRAD": logits,
+        "LOSS": "*fp32",
+        "PARTIAL": "*fp32",
+        "R": rows,
+        "C": cols,
+        "stride_x_row": cols,
+        "stride_x_col": 1,
+        "stride_y_row": cols,
+        "stride_y_col": 1,
+        "stride_w_row": 0,
+        "stride_w_col": 1 if weights else 0,
+        "stride_pw_row": 0,
+        "stride_pw_col": 1 if weights else 0,
+        "stride_grad_row": cols,
+        "stride_grad_col": 1,
+        "grad_scale": 0.5,
+    }
+
+
+def _dense_loss_flags(**flags: object) -> dict[str, object]:
+    base = dict(
+        SPAN=soft_margin.MAX_SPAN,
+        MLSM_FORM=True,
+        SPARSE_TARGET=False,
+        HAS_WEIGHT=False,
+        HAS_POS_WEIGHT=False,
+        WRITE_GRAD=True,
+        WRITE_LOSS=False,
+        WRITE_PARTIAL=True,
+        COMPUTE_DTYPE=tl.float32,
+    )
+    return {**base, **flags}
+
+
+def _linear_chunk_args(dtype: str, rows: int, dim: int, chunk: int, dense_target: bool) -> dict[str, object]:
+    """linear_soft_margin_chunk_kernel on contiguous operands; a dense target as uint8 (rows, L)."""
+    labels = 670208  # Amazon-670K's label count rounded up to a multiple of 256 (strides divisible by 16)
+    return {
+        "E": dtype,
+        "W": dtype,
+        "BIAS": dtype,
+        "Y": "*u8" if dense_target else dtype,
+        "INDPTR": "*i64",
+        "INDICES": "*i32",
+        "LW": "*fp32",
+        "PW": "*fp32",
+        "ROW_SCALE": "*fp32",
+        "G": dtype,
+        "PARTIAL": "*fp32",
+        "B": rows,
+        "D": dim,
+        "chunk_labels": chunk,
+        "label_start": chunk,
+        "label_id_offset": 0,
+        "stride_e_row": dim,
+        "stride_e_col": 1,
+        "stride_w_row": dim,
+        "stride_w_col": 1,
+        "stride_bias": 1,
+        "stride_y_row": labels if dense_target else 0,
+        "stride_y_col": 1 if dense_target else 0,
+        "stride_lw_row": 0,
+        "stride_lw_col": 1 if dense_target else 0,
+        "stride_pw_row": 0,
+        "stride_pw_col": 1 if dense_target else 0,
+        "stride_g_row": chunk,
+        "stride_partial_row": chunk // linear_soft_margin.MIN_BLOCK_L,
+    }
+
+
+def _linear_chunk_flags(sparse: bool, dtype: str, weights: bool, **flags: object) -> dict[str, object]:
+    base = dict(
+        HAS_BIAS=True,
+        SPARSE_TARGET=sparse,
+        HAS_LABEL_WEIGHT=weights,
+        HAS_POS_WEIGHT=weights,
+        HAS_ROW_SCALE=False,
+        WRITE_GRAD=True,
+        DOT_PRECISION="tf32" if dtype == "*fp32" else "ieee",
+        DOT_IN_FP32=False,
+    )
+    return {**base, **flags}
+
+
+def _linear_tiled_args(dtype: str, rows: int, dim: int, labels: int) -> dict[str, object]:
+    """Design (a)'s tiled kernel (bench/linear_tiled.py) on contiguous operands."""
+    return {
+        "E": dtype,
+        "W": dtype,
+        "BIAS": dtype,
+        "INDPTR": "*i64",
+        "INDICES": "*i32",
+        "DE": "*fp32",
+        "DW": "*fp32",
+        "DB": "*fp32",
+        "PARTIAL": "*fp32",
+        "B": rows,
+        "L": labels,
+        "D": dim,
+        "scale": 1.0 / (rows * labels),
+        "stride_e_row": dim,
+        "stride_e_col": 1,
+        "stride_w_row": dim,
+        "stride_w_col": 1,
+        "stride_bias": 1,
+    }
+
+
+def _scale_grad_args(dtype: str, rows: int, cols: int) -> dict[str, object]:
+    return {
+        "GRAD": dtype,
+        "GRAD_OUTPUT": "*fp32",
+        "R": rows,
+        "C": cols,
+        "stride_grad_row": cols,
+        "stride_grad_col": 1,
+        "stride_go_row": 1,
+        "stride_go_col": 0,
+        "scale": 1.0,
+    }
+
+
+def _tile_shape(tile: int, span: int) -> dict[str, int]:
+    """The soft-margin kernels' BLOCK_R × BLOCK_C from TILE and SPAN, as their triton.heuristics derive it."""
+    block_c = min(tile, span)
+    return {"BLOCK_C": block_c, "BLOCK_R": tile // block_c}
+
+
+# Per kernel: the jitted function, its autotune configs, the launch signatures worth compiling, and how a
+# config's parameters become constexprs (the soft-margin kernels derive their block shape from TILE).
+# The headline variant of each kernel comes first: `--headline` compiles only those.
+KERNELS = {
+    "soft_margin_forward": (
+        soft_margin.soft_margin_forward_kernel,
+        soft_margin.tile_configs,
+        [
+            Variant(
+                "mlsm-bf16-uint8",
+                _dense_loss_args("*bf16", "*u8", 4096, 131072, weights=False),
+                _dense_loss_flags(),
+            ),
+            Variant(
+                "mlsm-bf16-sparse",
+                _dense_loss_args("*bf16", "*bf16", 4096, 131072, weights=False),
+                _dense_loss_flags(SPARSE_TARGET=True),
+            ),
+            Variant(
+                "bce-fp32-weighted-none",
+                _dense_loss_args("*fp32", "*fp32", 4096, 131072, weights=True),
+                _dense_loss_flags(
+                    MLSM_FORM=False,
+                    HAS_WEIGHT=True,
+                    HAS_POS_WEIGHT=True,
+                    WRITE_LOSS=True,
+                    WRITE_PARTIAL=False,
+                ),
+            ),
+        ],
+        lambda config, flags: {**config.kwargs, **_tile_shape(config.kwargs["TILE"], flags["SPAN"])},
+    ),
+    "soft_margin_scale_grad": (
+        soft_margin.soft_margin_scale_grad_kernel,
+        soft_margin.tile_configs,
+        [
+            Variant(
+                "bf16-per-row",
+                _scale_grad_args("*bf16", 4096, 131072),
+                dict(SPAN=soft_margin.MAX_SPAN, COMPUTE_DTYPE=tl.float32),
+            )
+        ],
+        lambda config, flags: {**config.kwargs, **_tile_shape(config.kwargs["TILE"], flags["SPAN"])},
+    ),
+    "linear_soft_margin_chunk": (
+        linear_soft_margin.linear_soft_margin_chunk_kernel,
+        linear_soft_margin.chunk_configs,
+        [
+            Variant(
+                "bf16-sparse",
+                _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=False),
+                _linear_chunk_flags(sparse=True, dtype="*bf16", weights=False),
+            ),
+            Variant(
+                "bf16-uint8",
+                _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=True),
+                _linear_chunk_flags(sparse=False, dtype="*bf16", weights=False),
+            ),
+            Variant(
+                "bf16-uint8-weighted",
+                _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=True),
+                _linear_chunk_flags(sparse=False, dtype="*bf16", weights=True),
+            ),
+            Variant(
+                "fp16-sparse-row-scale",
+                _linear_chunk_args("*fp16", 8192, 768, 4096, dense_target=False),
+                _linear_chunk_flags(sparse=True, dtype="*fp16", weights=False, HAS_ROW_SCALE=True),
+            ),
+            Variant(
+                "fp32-tf32-sparse",
+                _linear_chunk_args("*fp32", 8192, 768, 2048, dense_target=False),
+                _linear_chunk_flags(sparse=True, dtype="*fp32", weights=False),
+            ),
+        ],
+        lambda config, flags: dict(config.kwargs),
+    ),
+    "linear_soft_margin_tiled": (
+        linear_soft_margin_tiled_kernel,
+        tiled_configs,
+        [
+            Variant(
+                "bf16-sparse",
+                _linear_tiled_args("*bf16", 8192, 768, 670091),
+                dict(HAS_BIAS=True, DOT_PRECISION="ieee", DOT_IN_FP32=False),
+            )
+        ],
+        lambda config, flags: dict(config.kwargs),
+    ),
+}
+
+
+def specialize(fn, args: dict[str, object], constexprs: dict[str, object]):
+    """(signature, constexprs, attrs) for ASTSource, as Triton's launcher specializes these argument values:
+    an integer 1 becomes a constant, 16-divisible integers and every pointer (torch allocations are
+    aligned) carry tt.divisibility 16."""
+    signature, constants, attrs = {}, dict(constexprs), {}
+    for param in fn.params:
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            continue
+        value = args[name]
+        if isinstance(value, str):
+            signature[name] = value
+            attrs[(param.num,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        elif value == 1:
+            signature[name] = "constexpr"
+            constants[name] = 1
+        else:
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(param.num,)] = [["tt.divisibility", 16]]
+    missing = set(constexprs) ^ {param.name for param in fn.params if param.is_constexpr}
+    if missing:
+        raise ValueError(f"{fn.__name__}: constexprs given and declared differ in {sorted(missing)}")
+    return signature, constants, attrs
+
+
+def cuobjdump_path() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack frame bytes per thread) of the one kernel in a cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run(
+            [cuobjdump_path(), "-res-usage", file.name], capture_output=True, text=True, check=True
+        ).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", report)
+    if match is None:
+        raise RuntimeError(f"cuobjdump printed no resource usage:\n{report}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def mma_kind(ptx: str) -> str:
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    if "mma.sync" in ptx:
+        return "mma.sync"
+    return "none"
+
+
+def compile_rows(arch: int, kernels: list[str], headline: bool) -> list[dict]:
+    target = GPUTarget("cuda", arch, 32)
+    jobs = [
+        (name, variant, config)
+        for name in kernels
+        for variant in KERNELS[name][2][: 1 if headline else None]
+        for config in KERNELS[name][1]()
+    ]
+    rows = []
+    for name, variant, config in tqdm(jobs, desc=f"compiling for sm_{arch}", unit="kernel"):
+        fn, _, _, config_constexprs = KERNELS[name]
+        constexprs = {**variant.constexprs, **config_constexprs(config, variant.constexprs)}
+        signature, constants, attrs = specialize(fn, variant.args, constexprs)
+        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=target, options=options)
+        registers, stack = resource_usage(compiled.asm["cubin"])
+        shared = compiled.metadata.shared
+        rows.append(
+            {
+                "kernel": name,
+                "variant": variant.name,
+                "config": json.dumps(config.kwargs),
+                "num_warps": config.num_warps,
+                "num_stages": config.num_stages,
+                "registers": registers,
+                "stack_bytes": stack,
+                "shared_bytes": shared,
+                "fits_shared": shared <= MAX_SHARED_BYTES.get(arch, MAX_SHARED_BYTES[90]),
+                "mma": mma_kind(compiled.asm["ptx"]),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability × 10 (default 90: sm_90a)")
+    parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
+    parser.add_argument("--headline", action="store_true", help="only each kernel's first variant")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "resources")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("unset TRITON_INTERPRET: the interpreter has no compiler to measure")
+    frame = pd.DataFrame(compile_rows(args.arch, args.kernels, args.headline))
+    frame["arch"] = f"sm_{args.arch}"
+    frame["triton_version"] = triton.__version__
+    frame["git_commit"] = git_commit()
+    frame["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"sm_{args.arch}-triton{triton.__version__}.csv"
+    frame.to_csv(path, index=False)
+    print(f"wrote {path} ({len(frame)} kernels)")
+
+
+if __name__ == "__main__":
+    main()
