@@ -23,7 +23,7 @@ def chunk_configs() -> list[triton.Config]:
     Sized with bench/kernel_resources.py: the epilogue holds the fp32 logits tile while it computes the
     loss and gradient, so a 128×128 tile takes 8 warps (215–255 registers a thread; with bf16 and sparse
     targets on sm_90 no stack with triton 3.9, 136 bytes with 3.6) and the 256-wide tiles 16 (128 registers,
-    a few hundred bytes of stack)."""
+    0.3–1 KB of stack)."""
     return [
         triton.Config({"BLOCK_B": b, "BLOCK_L": n, "BLOCK_D": d}, num_stages=stages, num_warps=warps)
         for b, n, d, stages, warps in (
