@@ -37,6 +37,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
+from softmargin_triton.kernels.linear_soft_margin import logits_tile, operand_block
 from softmargin_triton.kernels.soft_margin import _sigmoid_bce, mark_positives, positives_in_range
 from softmargin_triton.soft_margin import soft_margin_scale_grad_
 from softmargin_triton.sparse_targets import SparseTargets
@@ -130,27 +131,27 @@ def linear_soft_margin_tiled_kernel(
     col_mask = labels < L
     mask = row_mask[:, None] & col_mask[None, :]
 
-    acc = tl.zeros([BLOCK_B, BLOCK_L], tl.float32)
-    for d0 in tl.range(0, D, BLOCK_D):
-        ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)
-        d_mask = ds < D
-        e = tl.load(
-            E + rows[:, None] * stride_e_row + ds[None, :] * stride_e_col,
-            mask=row_mask[:, None] & d_mask[None, :],
-            other=0,
-        )
-        w = tl.load(
-            W + labels[:, None] * stride_w_row + ds[None, :] * stride_w_col,
-            mask=col_mask[:, None] & d_mask[None, :],
-            other=0,
-        )
-        if DOT_IN_FP32:
-            e = e.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(e, tl.trans(w), acc, input_precision=DOT_PRECISION)
-    x = acc
-    if HAS_BIAS:
-        x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
+    x = logits_tile(
+        E,
+        W,
+        BIAS,
+        rows,
+        labels,
+        row_mask,
+        col_mask,
+        D,
+        stride_e_row,
+        stride_e_col,
+        stride_w_row,
+        stride_w_col,
+        stride_bias,
+        BLOCK_B,
+        BLOCK_L,
+        BLOCK_D,
+        HAS_BIAS,
+        DOT_PRECISION,
+        DOT_IN_FP32,
+    )
 
     tile_start = pid_l.to(tl.int64) * BLOCK_L
     first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
@@ -169,19 +170,8 @@ def linear_soft_margin_tiled_kernel(
     for d0 in tl.range(0, D, BLOCK_D):
         ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)
         d_mask = ds < D
-        e = tl.load(
-            E + rows[:, None] * stride_e_row + ds[None, :] * stride_e_col,
-            mask=row_mask[:, None] & d_mask[None, :],
-            other=0,
-        )
-        w = tl.load(
-            W + labels[:, None] * stride_w_row + ds[None, :] * stride_w_col,
-            mask=col_mask[:, None] & d_mask[None, :],
-            other=0,
-        )
-        if DOT_IN_FP32:
-            e = e.to(tl.float32)
-            w = w.to(tl.float32)
+        e = operand_block(E, rows, row_mask, ds, d_mask, stride_e_row, stride_e_col, DOT_IN_FP32)
+        w = operand_block(W, labels, col_mask, ds, d_mask, stride_w_row, stride_w_col, DOT_IN_FP32)
         de = tl.dot(g, w, input_precision=DOT_PRECISION)  # (BLOCK_B, BLOCK_D)
         dw = tl.dot(tl.trans(g), e, input_precision=DOT_PRECISION)  # (BLOCK_L, BLOCK_D)
         tl.atomic_add(

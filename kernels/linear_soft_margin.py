@@ -48,6 +48,55 @@ MIN_BLOCK_L = min([HEURISTIC_CONFIG["BLOCK_L"]] + [config.kwargs["BLOCK_L"] for 
 
 
 @triton.jit
+def operand_block(PTR, index, index_mask, ds, d_mask, stride_index, stride_d, IN_FP32: tl.constexpr):
+    """Rows `index` × columns `ds` of a (N, D) GEMM operand, zero where masked (upcast if IN_FP32)."""
+    block = tl.load(
+        PTR + index[:, None] * stride_index + ds[None, :] * stride_d,
+        mask=index_mask[:, None] & d_mask[None, :],
+        other=0,
+    )
+    if IN_FP32:
+        block = block.to(tl.float32)
+    return block
+
+
+@triton.jit
+def logits_tile(
+    E,
+    W,
+    BIAS,
+    rows,
+    labels,
+    row_mask,
+    col_mask,
+    D,
+    stride_e_row,
+    stride_e_col,
+    stride_w_row,
+    stride_w_col,
+    stride_bias,
+    BLOCK_B: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    """E[rows] · W[labels]ᵀ (+ BIAS[labels]): a (BLOCK_B, BLOCK_L) fp32 tile of logits, accumulated over D
+    in BLOCK_D steps on tensor cores (see the chunk kernel for the operands and the two flags)."""
+    acc = tl.zeros([BLOCK_B, BLOCK_L], tl.float32)
+    for d0 in tl.range(0, D, BLOCK_D):
+        ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)  # int64: a transposed operand's offsets pass 2^31
+        d_mask = ds < D
+        e = operand_block(E, rows, row_mask, ds, d_mask, stride_e_row, stride_e_col, DOT_IN_FP32)
+        w = operand_block(W, labels, col_mask, ds, d_mask, stride_w_row, stride_w_col, DOT_IN_FP32)
+        acc = tl.dot(e, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
 def linear_soft_margin_chunk_kernel(
     E,
     W,
@@ -120,27 +169,27 @@ def linear_soft_margin_chunk_kernel(
     col_mask = cols < chunk_labels
     mask = row_mask[:, None] & col_mask[None, :]
 
-    acc = tl.zeros([BLOCK_B, BLOCK_L], tl.float32)
-    for d0 in tl.range(0, D, BLOCK_D):
-        ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)  # int64: a transposed operand's offsets pass 2^31
-        d_mask = ds < D
-        e = tl.load(
-            E + rows[:, None] * stride_e_row + ds[None, :] * stride_e_col,
-            mask=row_mask[:, None] & d_mask[None, :],
-            other=0,
-        )
-        w = tl.load(
-            W + labels[:, None] * stride_w_row + ds[None, :] * stride_w_col,
-            mask=col_mask[:, None] & d_mask[None, :],
-            other=0,
-        )
-        if DOT_IN_FP32:
-            e = e.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(e, tl.trans(w), acc, input_precision=DOT_PRECISION)
-    x = acc
-    if HAS_BIAS:
-        x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
+    x = logits_tile(
+        E,
+        W,
+        BIAS,
+        rows,
+        labels,
+        row_mask,
+        col_mask,
+        D,
+        stride_e_row,
+        stride_e_col,
+        stride_w_row,
+        stride_w_col,
+        stride_bias,
+        BLOCK_B,
+        BLOCK_L,
+        BLOCK_D,
+        HAS_BIAS,
+        DOT_PRECISION,
+        DOT_IN_FP32,
+    )
 
     if SPARSE_TARGET:
         # Every label as a negative first: loss softplus(x), gradient σ(x), with no target tile held in
