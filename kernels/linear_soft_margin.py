@@ -212,7 +212,6 @@ def linear_soft_margin_chunk_kernel(
         w = w.to(tl.float32)
         loss = loss * w
         grad = grad * w
-    row_loss = tl.sum(tl.where(mask, loss, 0.0), axis=1)
     if HAS_ROW_SCALE:
         row_scale = tl.load(ROW_SCALE + rows, mask=row_mask, other=0)
     if WRITE_GRAD:
@@ -221,8 +220,9 @@ def linear_soft_margin_chunk_kernel(
         tl.store(G + rows[:, None] * stride_g_row + cols[None, :], grad.to(G.dtype.element_ty), mask=mask)
 
     if SPARSE_TARGET:
-        # Each positive's loss p·softplus(-x) replaces the softplus(x) counted above, and its gradient
-        # -p·σ(-x) overwrites the stored σ(x): computed in fp32 from the tile's own logit.
+        # Each positive's loss p·softplus(-x) replaces softplus(x) in the loss tile before the row sum (a
+        # difference of the two sums would cancel where the row is fit well), and its gradient -p·σ(-x)
+        # overwrites the stored σ(x): both in fp32 from the tile's own logit.
         tile_start = label_id_offset + label_start + pid_l * BLOCK_L
         first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
         if WRITE_GRAD:
@@ -231,10 +231,10 @@ def linear_soft_margin_chunk_kernel(
             label_id = tl.load(INDICES + first + j, mask=j < inside, other=-1).to(tl.int64)
             col = label_id - label_id_offset - label_start  # within the chunk; -1 - ... when absent
             has = (j < inside) & (col < chunk_labels)
-            x_pos = tl.sum(tl.where(col[:, None] == cols[None, :], x, 0.0), axis=1)
+            hit = col[:, None] == cols[None, :]
+            x_pos = tl.sum(tl.where(hit, x, 0.0), axis=1)
             e_pos = tl.exp(-tl.abs(x_pos))
             log1p_pos = _log1p_small(e_pos)
-            softplus_pos = tl.maximum(x_pos, 0.0) + log1p_pos
             softplus_neg = tl.maximum(-x_pos, 0.0) + log1p_pos
             sigmoid_neg = tl.where(x_pos >= 0, e_pos, 1.0) / (1.0 + e_pos)
             p_pos = 1.0
@@ -247,12 +247,13 @@ def linear_soft_margin_chunk_kernel(
                 w_pos = tl.load(
                     LW + rows * stride_lw_row + (label_start + col) * stride_lw_col, mask=has, other=0
                 ).to(tl.float32)
-            row_loss += tl.where(has, w_pos * (p_pos * softplus_neg - softplus_pos), 0.0)
+            loss = tl.where(hit, (w_pos * p_pos * softplus_neg)[:, None], loss)
             if WRITE_GRAD:
                 grad_pos = -(w_pos * p_pos) * sigmoid_neg
                 if HAS_ROW_SCALE:
                     grad_pos = grad_pos * row_scale
                 tl.store(G + rows * stride_g_row + col, grad_pos.to(G.dtype.element_ty), mask=has)
+    row_loss = tl.sum(tl.where(mask, loss, 0.0), axis=1)
     tl.store(PARTIAL + rows * stride_partial_row + pid_l, row_loss, mask=row_mask)
 
 

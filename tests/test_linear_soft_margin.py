@@ -120,6 +120,22 @@ def test_kernel_against_float64(poisoned_allocations, small_chunks, dtype, spars
         assert_close(grad, expected_grad, dtype)
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_well_fit_rows_keep_their_small_loss(backend, small_chunks, sparse):
+    """Confident positives (logit +20) among confident negatives (-20): each row's loss is a sum of terms
+    near 2e-9, which no intermediate of size |logit| may swallow (as softplus(x) - x would)."""
+    targets = st.SparseTargets.from_lists([[3], [0, 36], [], list(range(5, 30, 3)), [36]], LABELS, DEVICE)
+    dense = targets.to_dense(torch.float64)
+    # A feature per row (input the identity) and weight column r = row r's ±20: logits exactly ±20.
+    input = torch.eye(ROWS, device=DEVICE, dtype=torch.float64)
+    weight = (20 * (2 * dense - 1)).T.contiguous()
+    target = targets if sparse else dense.to(torch.float32)
+    loss = st.linear_multilabel_soft_margin_loss(input.float(), weight.float(), target, reduction="none")
+    expected = torch_loss(input, weight, dense, reduction="none")
+    assert expected.max() < 1e-8
+    assert_close(loss, expected)
+
+
 def test_leading_dimensions_and_no_grad(backend, small_chunks):
     input, weight, bias, targets = problem(rows=6)
     dense = targets.to_dense().view(2, 3, LABELS)
