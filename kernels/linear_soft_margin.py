@@ -8,7 +8,7 @@ host then runs dE += G · W_c and dW_c = Gᵀ · E as plain GEMMs and reuses the
 Sparse targets need no target tile: the epilogue first treats every label of the tile as a negative (loss
 softplus(x), gradient σ(x)), then corrects the tile's few positives one by one (each row's positives in
 range, from the compressed rows), their loss and gradient computed in fp32 from the tile's own logits.
-Holding no 0/1 tile keeps a 128×128 tile's epilogue free of register spills (bench/kernel_resources.py).
+Holding no 0/1 tile keeps a 128×128 tile's epilogue in registers (bench/kernel_resources.py).
 """
 
 import triton
@@ -20,10 +20,10 @@ from .soft_margin import _log1p_small, _sigmoid_bce, positives_in_range
 def chunk_configs() -> list[triton.Config]:
     """Autotune space: (rows, labels, reduction depth) tile shapes, pipeline stages and warps.
 
-    Sized with bench/kernel_resources.py: the epilogue holds the fp32 logits tile while it computes the
-    loss and gradient, so a 128×128 tile takes 8 warps (215–255 registers a thread; with bf16 and sparse
-    targets on sm_90 no stack with triton 3.9, 136 bytes with 3.6) and the 256-wide tiles 16 (128 registers,
-    0.3–1 KB of stack)."""
+    Sized with bench/kernel_resources.py: the epilogue holds the fp32 logits and loss tiles while it
+    corrects the positives, so a 128×128 tile takes 8 warps (255 registers a thread; with bf16 and sparse
+    targets on sm_90 no stack with triton 3.6, 8 bytes with 3.9) and the 256-wide tiles 16 (128 registers,
+    0.2–0.4 KB of stack)."""
     return [
         triton.Config({"BLOCK_B": b, "BLOCK_L": n, "BLOCK_D": d}, num_stages=stages, num_warps=warps)
         for b, n, d, stages, warps in (
