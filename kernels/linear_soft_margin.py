@@ -194,8 +194,9 @@ def linear_soft_margin_chunk_kernel(
     if SPARSE_TARGET:
         # Every label as a negative first: loss softplus(x), gradient σ(x), with no target tile held in
         # registers; the tile's few positives are corrected one by one below.
+        # NaN at x = -inf as torch's 0·log σ(x) there.
         e = tl.exp(-tl.abs(x))
-        loss = tl.maximum(x, 0.0) + _log1p_small(e)
+        loss = tl.where(x == -float("inf"), float("nan"), tl.maximum(x, 0.0) + _log1p_small(e))
         grad = tl.where(x >= 0, 1.0, e) / (1.0 + e)
     else:
         y = tl.load(Y + rows[:, None] * stride_y_row + labels[None, :] * stride_y_col, mask=mask, other=0)
@@ -247,7 +248,9 @@ def linear_soft_margin_chunk_kernel(
                 w_pos = tl.load(
                     LW + rows * stride_lw_row + (label_start + col) * stride_lw_col, mask=has, other=0
                 ).to(tl.float32)
-            loss = tl.where(hit, (w_pos * p_pos * softplus_neg)[:, None], loss)
+            # NaN at x = +inf as torch's 0·log σ(-x) there.
+            loss_pos = tl.where(x_pos == float("inf"), float("nan"), w_pos * p_pos * softplus_neg)
+            loss = tl.where(hit, loss_pos[:, None], loss)
             if WRITE_GRAD:
                 grad_pos = -(w_pos * p_pos) * sigmoid_neg
                 if HAS_ROW_SCALE:

@@ -136,6 +136,21 @@ def test_well_fit_rows_keep_their_small_loss(backend, small_chunks, sparse):
     assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_infinite_logits_give_nan_where_torch_does(backend, sparse):
+    """One label, logits ±inf: torch's 0·log σ(∓x) makes NaN for a positive at +inf and a negative at -inf,
+    and +inf for the other two."""
+    input = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]], device=DEVICE) * float("inf")
+    weight = torch.ones(1, 1, device=DEVICE)
+    targets = st.SparseTargets.from_lists([[0], [], [], [0]], 1, DEVICE)
+    dense = targets.to_dense(torch.float32)
+    target = targets if sparse else dense
+    loss = st.linear_multilabel_soft_margin_loss(input, weight, target, reduction="none")
+    expected = torch_loss(input.double(), weight.double(), dense.double(), reduction="none")
+    assert expected[:2].isnan().all() and expected[2:].isinf().all()
+    assert_close(loss, expected)
+
+
 def test_leading_dimensions_and_no_grad(backend, small_chunks):
     input, weight, bias, targets = problem(rows=6)
     dense = targets.to_dense().view(2, 3, LABELS)
