@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A few spilled 32-bit values a thread at most: the fused linear kernel's epilogue held a 0/1 target tile
 # beside the logits and spilled 300–900 bytes in the 128-wide configs before it corrected positives one by
-# one (0–32 bytes since, with triton 3.6 and 3.9).
+# one (0–64 bytes since, with triton 3.6 and 3.9).
 MAX_STACK_BYTES = 256
 
 
