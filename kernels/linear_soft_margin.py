@@ -192,9 +192,8 @@ def linear_soft_margin_chunk_kernel(
     )
 
     if SPARSE_TARGET:
-        # Every label as a negative first: loss softplus(x), gradient σ(x), with no target tile held in
-        # registers; the tile's few positives are corrected one by one below.
-        # NaN at x = -inf as torch's 0·log σ(x) there.
+        # Every label as a negative first: loss softplus(x) (NaN at x = -inf, as torch's 0·log σ(x) there),
+        # gradient σ(x), with no target tile held in registers; the tile's few positives are corrected below.
         e = tl.exp(-tl.abs(x))
         loss = tl.where(x == -float("inf"), float("nan"), tl.maximum(x, 0.0) + _log1p_small(e))
         grad = tl.where(x >= 0, 1.0, e) / (1.0 + e)
