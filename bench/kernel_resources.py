@@ -187,12 +187,6 @@ def _scale_grad_args(dtype: str, rows: int, cols: int) -> dict[str, object]:
     }
 
 
-def _tile_shape(tile: int, span: int) -> dict[str, int]:
-    """The soft-margin kernels' BLOCK_R × BLOCK_C from TILE and SPAN, as their triton.heuristics derive it."""
-    block_c = min(tile, span)
-    return {"BLOCK_C": block_c, "BLOCK_R": tile // block_c}
-
-
 # Per kernel: the jitted function, its autotune configs, the launch signatures worth compiling, and how a
 # config's parameters become constexprs (the soft-margin kernels derive their block shape from TILE).
 # The headline variant of each kernel comes first: `--headline` compiles only those.
@@ -223,7 +217,10 @@ KERNELS = {
                 ),
             ),
         ],
-        lambda config, flags: {**config.kwargs, **_tile_shape(config.kwargs["TILE"], flags["SPAN"])},
+        lambda config, flags: {
+            **config.kwargs,
+            **soft_margin.tile_shape(config.kwargs["TILE"], flags["SPAN"]),
+        },
     ),
     "soft_margin_scale_grad": (
         soft_margin.soft_margin_scale_grad_kernel,
@@ -235,7 +232,10 @@ KERNELS = {
                 dict(SPAN=soft_margin.MAX_SPAN, COMPUTE_DTYPE=tl.float32),
             )
         ],
-        lambda config, flags: {**config.kwargs, **_tile_shape(config.kwargs["TILE"], flags["SPAN"])},
+        lambda config, flags: {
+            **config.kwargs,
+            **soft_margin.tile_shape(config.kwargs["TILE"], flags["SPAN"]),
+        },
     ),
     "linear_soft_margin_chunk": (
         linear_soft_margin.linear_soft_margin_chunk_kernel,

@@ -35,10 +35,11 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.runtime.interpreter import InterpretedFunction
 
+from softmargin_triton.backend import TRITON_INTERPRETED
 from softmargin_triton.kernels.linear_soft_margin import logits_tile, operand_block
 from softmargin_triton.kernels.soft_margin import _sigmoid_bce, mark_positives, positives_in_range
+from softmargin_triton.linear_soft_margin import _dot_precision
 from softmargin_triton.soft_margin import soft_margin_scale_grad_
 from softmargin_triton.sparse_targets import SparseTargets
 
@@ -195,12 +196,6 @@ linear_soft_margin_tiled = triton.autotune(
     tiled_configs(), key=["B", "D", "HAS_BIAS"], reset_to_zero=["DE", "DW", "DB", "PARTIAL"]
 )(linear_soft_margin_tiled_kernel)
 
-INTERPRETED = isinstance(linear_soft_margin_tiled_kernel, InterpretedFunction)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-
 
 def _tiled_forward(
     input: Tensor, weight: Tensor, bias: Tensor | None, indptr: Tensor, indices: Tensor
@@ -213,7 +208,7 @@ def _tiled_forward(
     grad_weight = torch.zeros((labels, dim), dtype=torch.float32, device=device)
     grad_bias = torch.zeros(labels, dtype=torch.float32, device=device) if bias is not None else None
     # One loss partial per program: sized for the most programs a config that may run here launches.
-    configs = [HEURISTIC_CONFIG] if INTERPRETED else [config.kwargs for config in tiled_configs()]
+    configs = [HEURISTIC_CONFIG] if TRITON_INTERPRETED else [config.kwargs for config in tiled_configs()]
     programs = max(triton.cdiv(rows, c["BLOCK_B"]) * triton.cdiv(labels, c["BLOCK_L"]) for c in configs)
     partial = torch.zeros(programs, dtype=torch.float32, device=device)
     scale = 1.0 / (rows * labels)
@@ -236,9 +231,9 @@ def _tiled_forward(
         bias.stride(0) if bias is not None else 0,
     )
     constexprs = dict(
-        HAS_BIAS=bias is not None, DOT_PRECISION=_dot_precision(input.dtype), DOT_IN_FP32=INTERPRETED
+        HAS_BIAS=bias is not None, DOT_PRECISION=_dot_precision(input.dtype), DOT_IN_FP32=TRITON_INTERPRETED
     )
-    if INTERPRETED:  # the interpreter cannot benchmark configs: the heuristic one
+    if TRITON_INTERPRETED:  # the interpreter cannot benchmark configs: the heuristic one
         config = HEURISTIC_CONFIG
         grid = (triton.cdiv(rows, config["BLOCK_B"]) * triton.cdiv(labels, config["BLOCK_L"]),)
         linear_soft_margin_tiled.fn[grid](*args, **constexprs, **config)
@@ -314,10 +309,10 @@ def tiled_linear_multilabel_soft_margin_loss(
     for name, tensor in (("weight", weight), ("bias", bias), ("target", target)):
         if tensor is not None and tensor.device != input.device:
             raise ValueError(f"{name} is on {tensor.device}, input on {input.device}")
-    expected = "cpu" if INTERPRETED else "cuda"
+    expected = "cpu" if TRITON_INTERPRETED else "cuda"
     if input.device.type != expected:
         raise ValueError(
             f"the tiled kernel runs on {expected} tensors in this process "
-            f"({'under' if INTERPRETED else 'without'} Triton's interpreter), got {input.device}"
+            f"({'under' if TRITON_INTERPRETED else 'without'} Triton's interpreter), got {input.device}"
         )
     return _TiledLinearSoftMarginFunction.apply(input, weight, bias, target.indptr, target.indices)

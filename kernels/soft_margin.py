@@ -34,10 +34,17 @@ def tile_configs() -> list[triton.Config]:
 # The config used where autotuning cannot benchmark (Triton's CPU interpreter).
 HEURISTIC_CONFIG = {"TILE": 1024, "num_warps": 4}
 
+
+def tile_shape(tile: int, span: int) -> dict[str, int]:
+    """BLOCK_R × BLOCK_C of a TILE-element program over SPAN columns: whole rows while they fit."""
+    block_c = min(tile, span)
+    return {"BLOCK_C": block_c, "BLOCK_R": tile // block_c}
+
+
 _tile_shape = triton.heuristics(
     {
-        "BLOCK_C": lambda args: min(args["TILE"], args["SPAN"]),
-        "BLOCK_R": lambda args: args["TILE"] // min(args["TILE"], args["SPAN"]),
+        "BLOCK_C": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_C"],
+        "BLOCK_R": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_R"],
     }
 )
 

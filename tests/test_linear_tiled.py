@@ -96,7 +96,7 @@ def test_every_row_and_label_block_reaches_the_gradients(poisoned_allocations):
 def _wrong_device(monkeypatch, e, w, t):
     # On CPU, as if the interpreter were off; on a GPU, CPU tensors: either way not where the kernel runs.
     if DEVICE == "cpu":
-        monkeypatch.setattr(tiled, "INTERPRETED", False)
+        monkeypatch.setattr(tiled, "TRITON_INTERPRETED", False)
     else:
         e, w, t = e.cpu(), w.cpu(), t.to("cpu")
     return tiled_loss(e, w, t)
