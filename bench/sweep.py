@@ -10,7 +10,7 @@ sparse: the same loss with Zipf-distributed positive labels (~5.45 per row, as A
 linear: linear_multilabel_soft_margin_loss (sparse targets) against eager and compiled F.linear + MLSM,
         our chunked plain-torch loop and, on CUDA only, design (a) of DESIGN.md, one tiled kernel with
         fp32 atomics (bench/linear_tiled.py, "softmargin-triton-tiled"), per (B, D), with the 3-GEMM floor
-        at a GEMM rate measured here.
+        of bench/ceilings.py where given, else at the rate of one GEMM measured here.
 
 Defaults on a CUDA machine: dense at B=4096, L = 2^10 … 2^20 and batch at L=131072, B = 2^8 … 2^14, both
 with bf16, fp16 and fp32 logits and fp32, bf16 and uint8 targets against all five providers; sparse and
@@ -24,27 +24,31 @@ outside the timed region); min_bytes_per_element counts the target's own dtype f
 fused minimum of the problem.
 
 Every case is timed fwd+bwd ('full' mode); forward and backward are also timed alone only at
---breakdown-dtypes (default: bf16, the first logits dtype, in the sweeps over L; none in the batch sweep),
-to fit one call on a lent GPU machine (10 minutes): dense + batch then take an estimated 8 minutes on an
-H100 (1140 cases), against 13.5 with every mode at every dtype (2430 cases). The estimate: triton's
-do_bench costs ≥ 0.15 s a call (1 a case, 4 with the breakdown), more where one call is long (its bytes
-at 3 TB/s, torch's eager losses moving 8–14× the fused minimum); our kernel compiles 216 variants (0.2–0.7 s
-each, timed for sm_90 on a CPU) and autotunes each once; inductor compiles 24 graphs at ~3.5 s.
-torch.compile runs with its defaults: each function's first shape is compiled static, the later ones
-dynamic in the swept dimension (automatic dynamic shapes).
+--breakdown-dtypes (default: bf16, the first logits dtype, in the sweeps over L; none in the batch sweep).
+Each is timed by itself (bench/timing.py's sample_ms): the backward alone after an untimed fresh forward
+each sample, not as fwd+bwd minus forward. A measurement takes --samples timed calls at least (default
+10), more while they total under 100 ms, L2 flushed before each on CUDA; the first call (compilation,
+autotuning) is never timed. For a single call on a lent GPU machine, bench/gpu_session.sh picks the
+headline cases and runs the wider sweeps only while its budget lasts (bench/README.md: the steps and their
+estimates). torch.compile runs with its defaults: each function's first shape is compiled static, the later
+ones dynamic in the swept dimension (automatic dynamic shapes).
 
-Each sweep writes <sweep>_sweep.csv: kernel, provider, mode, metric, unit, x_name ("labels", or "batch" in
-the batch sweep), x_value, y_50, y_20, y_80, extra_config (JSON of the fixed parameters: B or L, dtype,
-target_dtype, reduction, min_bytes_per_element, ...), error, and the machine, versions, commit and time.
-Plot with bench/plot.py.
+--ceilings CSV (bench/ceilings.py) takes the copy bandwidth and the 3-GEMM floor from there, measured in
+the same run, instead of measuring them here; --append keeps the rows already in each sweep's CSV (the GPU
+session's wider sweeps add dtypes to one CSV); --profile records, on CUDA, the device time of each kernel
+of our fwd+bwd by torch's profiler (metric kernel_time, column device_kernel): what bench/report.py puts
+beside the static model's predicted bound.
+
+Each sweep writes <sweep>_sweep.csv, rewritten every 2 s while it runs (a run cut off keeps what it
+measured): kernel, provider, mode, metric, unit, x_name ("labels", or "batch" in the batch sweep),
+x_value, y_50, y_20, y_80, extra_config (JSON of the fixed parameters: B or L, dtype, target_dtype,
+reduction, min_bytes_per_element, ...), error, copy_bandwidth_gbs, and the machine, versions, commit and
+time. Plot with bench/plot.py.
 """
 
 import argparse
-import datetime
 import functools
 import json
-import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,9 +56,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import triton
 from linear_tiled import tiled_linear_multilabel_soft_margin_loss  # bench/linear_tiled.py, beside this
-from tqdm import tqdm
+from timing import environment, log, sample_ms, tqdm  # bench/timing.py, beside this
 
 import softmargin_triton as st
 
@@ -74,42 +77,19 @@ PROVIDERS: dict[str, Callable] = {
 SWEEPS = ("dense", "batch", "sparse", "linear")
 SPARSE_DEFAULT_PROVIDERS = ["softmargin-triton", "torch-mlsm", "torch-bce"]
 MODES = ("forward", "backward", "full")
-QUANTILES = (0.5, 0.2, 0.8)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "uint8": torch.uint8}
 LOGITS_DTYPES = ("bf16", "fp16", "fp32")
 POSITIVES_PER_ROW = 5.45  # Amazon-670K's average
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def time_ms(fn: Callable[[], object], device: str) -> tuple[float, float, float]:
-    """Median, 20th and 80th percentile of fn's time in ms (CUDA: triton's do_bench, which flushes L2)."""
-    if device == "cuda":
-        return tuple(triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=list(QUANTILES)))
-    fn()  # warm-up
-    samples = []
-    deadline = time.perf_counter() + 0.5
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 50):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    q = statistics.quantiles(samples, n=10)
-    return statistics.median(samples), q[1], q[7]
+MIN_SAMPLES = [10]  # samples per measurement at least (--samples), more while they total < 100 ms
 
 
 def copy_bandwidth_gbs(device: str) -> float:
-    """Device-to-device copy rate, bytes read plus written, in GB/s: the roofline for a memory-bound loss."""
+    """Device-to-device copy rate, bytes read plus written, in GB/s: the roofline for a memory-bound loss
+    (bench/ceilings.py measures it over a larger buffer; --ceilings takes that one)."""
     src = torch.empty(256 * 2**20 if device == "cuda" else 32 * 2**20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    ms, _, _ = time_ms(lambda: dst.copy_(src), device)
+    dst.copy_(src)
+    ms, _, _ = sample_ms(lambda: dst.copy_(src), device)
     return 2 * src.numel() / ms / 1e6
 
 
@@ -129,36 +109,82 @@ def target_bytes(target: torch.Tensor | st.SparseTargets) -> int:
     return target.nbytes
 
 
-def measure(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor], mode: str, device: str):
-    """(time quantiles in ms, peak extra memory in bytes or None) of one loss on one problem; `leaves` are
-    the tensors that receive gradients."""
+def kernel_times(fn: Callable[[], object], setup: Callable[[], object], calls: int = 3) -> dict:
+    """CUDA kernels launched by `calls` calls of fn, by torch's profiler: name → (ms of device time per
+    call, launches per call). What the static model (bench/kernel_resources.py) predicts is one kernel's
+    time, which fwd+bwd wall time does not isolate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        for _ in range(calls):
+            setup()
+            fn()
+        torch.cuda.synchronize()
+    times = {}
+    for event in profiler.key_averages():
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:  # torch < 2.4 names it after CUDA
+            device_us = getattr(event, "self_cuda_time_total", 0)
+        if device_us > 0:
+            times[event.key[:200]] = (device_us / 1e3 / calls, event.count / calls)
+    return times
+
+
+def measure(
+    forward: Callable[[], torch.Tensor],
+    leaves: list[torch.Tensor],
+    mode: str,
+    device: str,
+    profile: bool = False,
+):
+    """(time quantiles in ms, peak extra memory in bytes or None, kernel times or None) of one loss on one
+    problem; `leaves` are the tensors that receive gradients.
+
+    'full' times forward + backward, 'forward' the forward alone, 'backward' the backward alone: each
+    sample runs a fresh forward first, untimed (our backward scales the forward's saved gradient in place,
+    and compiled graphs donate their buffers, so no backward can be repeated over one graph)."""
 
     def clear_grads():
         for leaf in leaves:
             leaf.grad = None  # a fresh .grad each step, as after optimizer.zero_grad(): no accumulation
 
-    def full():
+    pending = []
+
+    def forward_for_backward():
         clear_grads()
+        pending[:] = [forward()]
+
+    def backward():
+        pending.pop().backward()
+
+    def full():
         forward().backward()
 
-    if mode == "backward":
-        # Our backward scales the forward's saved gradient in place, and compiled graphs donate their
-        # buffers: neither survives a repeated backward over one graph, so every provider's backward
-        # is timed the same way, as full minus forward.
-        full_ms, forward_ms = time_ms(full, device), time_ms(forward, device)
-        return tuple(max(a - b, 0.0) for a, b in zip(full_ms, forward_ms, strict=True)), None
-    fn = full if mode == "full" else forward
+    fn, setup = {
+        "full": (full, clear_grads),
+        "forward": (forward, clear_grads),
+        "backward": (backward, forward_for_backward),
+    }[mode]
     forward().backward()  # compile and autotune outside the timed region
     clear_grads()
     peak = None
     if device == "cuda":
         torch.cuda.synchronize()
+        setup()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
-    return time_ms(fn, device), peak
+    times = sample_ms(fn, device, setup, min_samples=MIN_SAMPLES[0])
+    kernels = None
+    if profile and device == "cuda":
+        try:
+            kernels = kernel_times(fn, setup)
+        except Exception as error:  # the profiler is evidence, not a requirement
+            log(f"profiler failed: {type(error).__name__}: {error}")
+    clear_grads()
+    return times, peak, kernels
 
 
 def cases(sweep: str, targets: list[str], providers: list[str], dtype: str) -> list[tuple[str, str]]:
@@ -171,15 +197,25 @@ def cases(sweep: str, targets: list[str], providers: list[str], dtype: str) -> l
     return pairs + [(dtype, provider) for provider in providers if provider != ours]
 
 
-def result_rows(
-    row: dict, measured: tuple[tuple[float, float, float], float | None], rates: dict[str, tuple[str, float]]
-) -> list[dict]:
-    """Rows of one measurement: time, peak memory (CUDA), and in 'full' mode each rate, metric → (unit,
-    amount of work per ms), its 20th/80th percentiles from the 80th/20th of the time."""
-    (t50, t20, t80), peak = measured
+def result_rows(row: dict, measured: tuple, rates: dict[str, tuple[str, float]]) -> list[dict]:
+    """Rows of one measurement: time, peak memory (CUDA), each kernel's device time where profiled, and in
+    'full' mode each rate, metric → (unit, amount of work per ms), its 20th/80th percentiles from the
+    80th/20th of the time."""
+    (t50, t20, t80), peak, kernels = measured
     rows = [{**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80}]
     if peak is not None:
         rows.append({**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20})
+    for name, (ms, launches) in (kernels or {}).items():
+        rows.append(
+            {
+                **row,
+                "metric": "kernel_time",
+                "unit": "ms",
+                "y_50": ms,
+                "device_kernel": name,
+                "launches": launches,
+            }
+        )
     if row["mode"] == "full":
         rows += [
             {
@@ -222,7 +258,40 @@ def error_row(row: dict, error: Exception, device: str) -> dict:
     return {**row, "metric": "error", "unit": "", "error": f"{type(error).__name__}: {error}"[:300]}
 
 
-def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> pd.DataFrame:
+class Sink:
+    """A sweep's rows, rewritten to its CSV at least every 2 s while cases finish and at the end: a run cut
+    off by a timeout keeps all but its last seconds. With append=True the rows already in the CSV stay in
+    front of the new ones."""
+
+    def __init__(self, path: Path, append: bool):
+        self.path = path
+        self.before = pd.read_csv(path, dtype={"git_commit": str}) if append and path.exists() else None
+        self.rows: list[dict] = []
+        self.written = 0.0
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows += rows
+        if time.monotonic() - self.written >= 2.0:
+            self.write()
+
+    def write(self) -> None:
+        self.written = time.monotonic()
+        if not self.rows:
+            return
+        frame = pd.DataFrame(self.rows)
+        if self.before is not None:
+            frame = pd.concat([self.before, frame], ignore_index=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(self.path, index=False)
+
+
+def profiled(provider: str, mode: str, args) -> bool:
+    """Kernel times by the profiler: ours, fwd+bwd, where asked for (on CUDA only, in measure)."""
+    return args.profile and mode == "full" and provider.startswith("softmargin-triton")
+
+
+def run_sweep(sweep: str, args, device: str, common: dict, sink: Sink) -> int:
+    """The dense (over L), batch (over B) or sparse sweep into the sink; returns the number of cases."""
     default = SPARSE_DEFAULT_PROVIDERS if sweep == "sparse" else list(PROVIDERS)
     providers = [p for p in args.providers if p in PROVIDERS] if args.providers else default
     kernel = (
@@ -233,7 +302,7 @@ def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> p
     pairs = {dtype: cases(sweep, args.targets, providers, dtype) for dtype, _ in dtypes}
     total = sum(len(sizes) * len(pairs[dtype]) * len(modes) for dtype, modes in dtypes)
     progress = tqdm(total=total, desc=f"{sweep} sweep", unit="case")
-    rows = []
+    copy_gbs = common["copy_bandwidth_gbs"]
     for dtype_name, modes in dtypes:
         dtype = DTYPES[dtype_name]
         for x_value, batch, labels in sizes:
@@ -276,23 +345,21 @@ def run_sweep(sweep: str, args, device: str, common: dict, copy_gbs: float) -> p
                         "x_value": x_value,
                         "extra_config": json.dumps(config),
                     }
+                    forward = functools.partial(PROVIDERS[provider], x, target)
                     try:
-                        measured = measure(
-                            functools.partial(PROVIDERS[provider], x, target), [x], mode, device
-                        )
-                        rows += result_rows(row, measured, rates)
+                        measured = measure(forward, [x], mode, device, profiled(provider, mode, args))
+                        rows = result_rows(row, measured, rates)
                         if mode == "full":
                             rows.append({**row, "metric": "target_memory", "unit": "MB", "y_50": target_mb})
                     except Exception as error:
-                        rows.append(error_row(row, error, device))
+                        rows = [error_row(row, error, device)]
                         x.grad = None
+                    sink.add(rows)
                     progress.update()
                 del target
             del x, sparse, binary
     progress.close()
-    frame = pd.DataFrame(rows)
-    frame["copy_bandwidth_gbs"] = copy_gbs
-    return frame
+    return total
 
 
 def _torch_linear_mlsm(input, weight, target):
@@ -316,16 +383,37 @@ if torch.cuda.is_available():  # design (a), the comparison point of issue 4; it
 
 
 def gemm_tflops(batch: int, dim: int, dtype: torch.dtype, device: str) -> float:
-    """Measured rate of a (batch, dim) × (dim, 16384) GEMM in TFLOP/s: the roofline of the linear loss."""
+    """Measured rate of a (batch, dim) × (dim, 16384) GEMM in TFLOP/s: the roofline of the linear loss
+    where bench/ceilings.py did not measure the 3-GEMM floor at this (B, D)."""
     a = torch.randn(batch, dim, device=device, dtype=dtype)
     b = torch.randn(dim, 16384, device=device, dtype=dtype)
-    ms, _, _ = time_ms(lambda: a @ b, device)
+    a @ b
+    ms, _, _ = sample_ms(lambda: a @ b, device)
     return 2 * batch * dim * 16384 / ms / 1e9
 
 
-def run_linear_sweep(args, device: str, common: dict) -> pd.DataFrame:
+def floor_rate(ceilings: pd.DataFrame | None, batch: int, dim: int, labels: int, dtype: str) -> tuple | None:
+    """(TFLOP/s, where from) of the 3-GEMM floor measured by bench/ceilings.py at this (B, D, dtype):
+    at this L if it was measured there, else at the largest L measured; None if none matches."""
+    if ceilings is None:
+        return None
+    rows = ceilings[(ceilings["metric"] == "gemm_3_floor") & (ceilings["kernel"] == "gemm")]
+    config = pd.DataFrame(rows["extra_config"].map(json.loads).tolist(), index=rows.index)
+    if rows.empty:
+        return None
+    match = rows[(config["batch"] == batch) & (config["dim"] == dim) & (config["dtype"] == dtype)]
+    if match.empty:
+        return None
+    at = config.loc[match.index, "labels"]
+    chosen = match[at == labels] if (at == labels).any() else match.loc[[at.idxmax()]]
+    shape = json.loads(chosen["extra_config"].iloc[0])
+    return float(chosen["y_50"].iloc[0]), f"ceilings: 3 GEMMs at B={batch} D={dim} L={shape['labels']}"
+
+
+def run_linear_sweep(args, device: str, common: dict, sink: Sink, ceilings: pd.DataFrame | None) -> int:
     """Fused linear + MLSM, fwd+bwd over labels, per (batch, dim): time, memory, TFLOP/s and % of the
-    3-GEMM floor (6·B·D·L flop at the GEMM rate measured here)."""
+    3-GEMM floor (6·B·D·L flop at the floor's rate from bench/ceilings.py where it measured this (B, D),
+    else at the rate of one GEMM measured here)."""
     labels_list = args.labels or default_labels("linear", device)
     providers = (
         [p for p in args.providers if p in LINEAR_PROVIDERS] if args.providers else list(LINEAR_PROVIDERS)
@@ -334,12 +422,19 @@ def run_linear_sweep(args, device: str, common: dict) -> pd.DataFrame:
     dtypes = dtype_modes("linear", args, device)
     total = sum(len(shapes) * len(labels_list) * len(providers) * len(modes) for _, modes in dtypes)
     progress = tqdm(total=total, desc="linear sweep", unit="case")
-    rows = []
     for dtype_name, modes in dtypes:
         dtype = DTYPES[dtype_name]
         for batch, dim in shapes:
-            rate = gemm_tflops(batch, dim, dtype, device)
+            measured_here = None
             for labels in labels_list:
+                floor = floor_rate(ceilings, batch, dim, labels, dtype_name)
+                if floor is None:
+                    measured_here = measured_here or (
+                        gemm_tflops(batch, dim, dtype, device),
+                        f"one ({batch}, {dim}) x ({dim}, 16384) GEMM",
+                    )
+                    floor = measured_here
+                rate, source = floor
                 input = torch.randn(batch, dim, device=device, dtype=dtype).requires_grad_(True)
                 weight = torch.randn(labels, dim, device=device, dtype=dtype) / dim**0.5
                 weight.requires_grad_(True)
@@ -359,6 +454,7 @@ def run_linear_sweep(args, device: str, common: dict) -> pd.DataFrame:
                         "target_dtype": dtype_name if dense else "sparse",
                         "reduction": "mean",
                         "gemm_tflops": rate,
+                        "gemm_source": source,
                         "positives_per_row": sparse.nnz / batch,
                     }
                     for mode in modes:
@@ -373,15 +469,19 @@ def run_linear_sweep(args, device: str, common: dict) -> pd.DataFrame:
                         }
                         forward = functools.partial(LINEAR_PROVIDERS[provider], input, weight, target)
                         try:
-                            rows += result_rows(row, measure(forward, [input, weight], mode, device), rates)
+                            measured = measure(
+                                forward, [input, weight], mode, device, profiled(provider, mode, args)
+                            )
+                            rows = result_rows(row, measured, rates)
                         except Exception as error:
-                            rows.append(error_row(row, error, device))
+                            rows = [error_row(row, error, device)]
                             input.grad = weight.grad = None
+                        sink.add(rows)
                         progress.update()
                     del target
                 del input, weight, sparse
     progress.close()
-    return pd.DataFrame(rows)
+    return total
 
 
 def default_labels(sweep: str, device: str) -> list[int]:
@@ -455,31 +555,45 @@ def main() -> None:
     parser.add_argument(
         "--dims", type=int, nargs="+", default=[256, 768] if cuda else [32], help="linear sweep D"
     )
+    parser.add_argument(
+        "--ceilings",
+        type=Path,
+        help="CSV of bench/ceilings.py: its copy bandwidth and 3-GEMM floor instead of measuring them here",
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="keep the rows already in each sweep's CSV, add the new ones"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="on CUDA, also record the device time of every kernel of our fwd+bwd (torch's profiler)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=10, help="timed calls per measurement at least (more up to 100 ms)"
+    )
     args = parser.parse_args()
+    MIN_SAMPLES[0] = args.samples
 
     device = "cuda" if cuda else "cpu"
-    common = {
-        "gpu_name": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch_version": torch.__version__,
-        "triton_version": triton.__version__,
-        "package_version": st.__version__,
-        "git_commit": git_commit(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    copy_gbs = copy_bandwidth_gbs(device)
+    ceilings = pd.read_csv(args.ceilings) if args.ceilings else None
+    copy = None if ceilings is None else ceilings[ceilings["metric"] == "copy_bandwidth"]["y_50"]
+    if copy is not None and len(copy):
+        copy_gbs, copy_source = float(copy.iloc[0]), str(args.ceilings)
+    else:
+        copy_gbs, copy_source = copy_bandwidth_gbs(device), "sweep.py, 256 MiB"
+    common = {**environment(), "copy_bandwidth_gbs": copy_gbs}
+    log(f"copy bandwidth {copy_gbs:.0f} GB/s ({copy_source}) on {common['gpu_name']}")
     args.out.mkdir(parents=True, exist_ok=True)
     for sweep in args.sweeps:
         start = time.perf_counter()
-        if sweep == "linear":
-            frame = run_linear_sweep(args, device, common)
-        else:
-            frame = run_sweep(sweep, args, device, common, copy_gbs)
         path = args.out / f"{sweep}_sweep.csv"
-        frame.to_csv(path, index=False)
-        print(
-            f"wrote {len(frame)} rows to {path} in {time.perf_counter() - start:.0f} s "
-            f"(copy bandwidth {copy_gbs:.0f} GB/s on {common['gpu_name']})"
-        )
+        sink = Sink(path, args.append)
+        if sweep == "linear":
+            cases_run = run_linear_sweep(args, device, common, sink, ceilings)
+        else:
+            cases_run = run_sweep(sweep, args, device, common, sink)
+        sink.write()
+        print(f"wrote {cases_run} cases to {path} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import triton
-from sweep import git_commit  # bench/sweep.py, next to this script
+from timing import git_commit  # bench/timing.py, next to this script
 
 LOSSES = {"fused": "softmargin-triton fused linear + MLSM", "torch": "eager F.linear + torch MLSM"}
 
@@ -40,14 +40,20 @@ def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
     """XMC.md: time per epoch, peak memory and test metrics per loss implementation, from the CSV."""
     first = frame.iloc[0]
     done = frame[frame.quantity != "error"]
-    shape = done.iloc[0] if len(done) else first
     metrics = ["P@1", "P@5"]
+    if len(done):
+        shape = done.iloc[0]
+        size = (
+            f"{shape.num_labels:,.0f} labels, {shape.train_points:,.0f} training points, "
+            f"{shape.epochs:.0f} epochs."
+        )
+    else:
+        size = "every run failed."
     lines = [
         f"# Training with the fused loss vs eager torch: {first.dataset} (scale {first.scale})",
         "",
         f"{first.device}, torch {first.torch}, triton {first.triton}, commit {first.commit}, {first.date}; "
-        f"{shape.num_labels:,.0f} labels, {shape.train_points:,.0f} training points, "
-        f"{shape.epochs:.0f} epochs.",
+        f"{size}",
         "",
         f"Reproduce: `{command}`",
         "",
@@ -96,6 +102,9 @@ def main() -> None:
         summary = run_training(loss, args.out, args.dataset, args.scale, args.extra)
         if "error" in summary:
             rows.append(dict(common, loss=loss, quantity="error", value=float("nan"), error=summary["error"]))
+            frame = pd.DataFrame(rows)
+            frame.to_csv(args.out / "xmc_compare.csv", index=False)
+            write_table(frame, args.out / "XMC.md", " ".join(["python", *sys.argv]))
             continue
         run = dict(
             common,
@@ -111,9 +120,10 @@ def main() -> None:
             **{"baseline P@1": summary["label_frequency_baseline"]["P@1"]},
         )
         rows += [dict(run, quantity=name, value=value) for name, value in quantities.items()]
-    frame = pd.DataFrame(rows)
-    frame.to_csv(args.out / "xmc_compare.csv", index=False)
-    write_table(frame, args.out / "XMC.md", " ".join(["python", *sys.argv]))
+        # after each run: a call cut off during the second keeps the first
+        frame = pd.DataFrame(rows)
+        frame.to_csv(args.out / "xmc_compare.csv", index=False)
+        write_table(frame, args.out / "XMC.md", " ".join(["python", *sys.argv]))
     print((args.out / "XMC.md").read_text())
 
 

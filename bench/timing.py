@@ -1,0 +1,115 @@
+"""Timing, provenance and progress helpers shared by the bench scripts (sweep.py, ceilings.py,
+check_kernels.py, xmc_compare.py import them from beside themselves).
+
+`sample_ms` times only the call under test: an optional untimed `setup` runs before each sample (the
+forward whose backward is timed, clearing .grad), and on CUDA a 256 MiB buffer is zeroed between samples
+so that no sample starts with its operands in L2, as triton's do_bench does. It takes at least
+`min_samples` samples (the 20/80 quantiles need some) and more while the samples total less than
+`target_ms`, up to `max_samples`.
+"""
+
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import triton
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the GPU machines' image has pandas, matplotlib and pytest, maybe not tqdm
+    from shim.tqdm import tqdm  # bench/shim/tqdm.py: a few progress lines instead of a bar
+
+QUANTILES = (0.5, 0.2, 0.8)
+
+__all__ = ["QUANTILES", "environment", "git_commit", "sample_ms", "tqdm"]
+
+
+def git_commit() -> str:
+    """The checkout's short commit; GIT_COMMIT where the tree is a copy without .git (a GPU machine's)."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict[str, str]:
+    """The machine, versions, commit and time every result row carries."""
+    import softmargin_triton as st
+
+    cuda = torch.cuda.is_available()
+    return {
+        "gpu_name": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch_version": torch.__version__,
+        "triton_version": triton.__version__,
+        "package_version": st.__version__,
+        "git_commit": git_commit(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _quantiles(samples: list[float]) -> tuple[float, float, float]:
+    """(median, 20th, 80th percentile) of the samples."""
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q = statistics.quantiles(samples, n=10, method="inclusive")
+    return statistics.median(samples), q[1], q[7]
+
+
+def sample_ms(
+    fn: Callable[[], object],
+    device: str,
+    setup: Callable[[], object] | None = None,
+    min_samples: int = 10,
+    target_ms: float = 100.0,
+    max_samples: int = 200,
+) -> tuple[float, float, float]:
+    """Median, 20th and 80th percentile of fn's time in ms, setup excluded; fn has run once before (the
+    caller's warm-up: compilation and autotuning stay out of the samples)."""
+    setup = setup or (lambda: None)
+    if device != "cuda":
+        samples = []
+        while len(samples) < min_samples or (sum(samples) < target_ms and len(samples) < max_samples):
+            setup()
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
+        return _quantiles(samples)
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    # Estimate from two samples how many fit in target_ms.
+    estimate = []
+    for _ in range(2):
+        setup()
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        estimate.append(start.elapsed_time(end))
+    count = min(max_samples, max(min_samples, int(target_ms / max(min(estimate), 1e-3))))
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)
+    ]
+    for start, end in events:
+        setup()
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return _quantiles([start.elapsed_time(end) for start, end in events])
+
+
+def log(message: str) -> None:
+    """A line on stderr, flushed: what a cut-off run's log shows of where it stood."""
+    print(message, file=sys.stderr, flush=True)
