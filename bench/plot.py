@@ -1,6 +1,6 @@
 """Plots of the sweep CSVs written by bench/sweep.py: time, memory and % of a roofline vs L or B.
 
-    python bench/plot.py [FOLDER_OR_CSV ...]     (default: bench-out)
+    python bench/plot.py [FOLDER_OR_CSV ...]     (default: bench-out; a folder's *_sweep.csv files)
 
 Next to each CSV, one PNG of fwd+bwd ('full' mode) per logits dtype and metric, titled with the GPU and the
 dtype: <sweep>_sweep_<metric>_<dtype>.png, log-x over the swept L (B in the batch sweep). Dense and batch
@@ -100,7 +100,7 @@ def main() -> None:
     )
     parser.add_argument("paths", type=Path, nargs="*", default=[Path("bench-out")])
     args = parser.parse_args()
-    csvs = [p for path in args.paths for p in (sorted(path.glob("*.csv")) if path.is_dir() else [path])]
+    csvs = [p for path in args.paths for p in (sorted(path.glob("*_sweep.csv")) if path.is_dir() else [path])]
     if not csvs:
         raise SystemExit(f"no CSV found in {', '.join(map(str, args.paths))}: run bench/sweep.py first")
     for csv in csvs:

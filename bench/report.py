@@ -1,31 +1,63 @@
-"""REPORT.md from the sweep CSVs in a folder: the headline ratios, computed, never typed.
+"""REPORT.md from the result CSVs in a folder: the headline ratios, computed, never typed.
 
-    python bench/report.py [FOLDER]     (default: bench-out; bench/plot.py runs it too)
+    python bench/report.py [FOLDER ...] [--summary FILE] [--resources DIR]
+        (default FOLDER: bench-out; bench/plot.py runs it too)
 
-Each table is taken at bf16 logits where the CSV has them (else at the first logits dtype swept: fp32 in a
-CPU smoke sweep) and at the sweep's headline size where the CSV has it (dense: L=131072 with uint8
-targets; sparse and linear: L=670091), else at the largest size swept. The batch sweep gets one row per B.
+Reads what the folder holds: the sweep CSVs of bench/sweep.py (<sweep>_sweep.csv), and from a GPU
+session's folder (bench/gpu_session.sh) also steps.csv, env.txt, ceilings.csv (bench/ceilings.py),
+check_kernels.csv (bench/check_kernels.py) and gpu-tests.log. Each table is taken at bf16 logits where the
+CSV has them (else at the first logits dtype swept: fp32 in a CPU smoke sweep) and at the sweep's headline
+size where the CSV has it (dense: L=131072 with uint8 targets; sparse and linear: L=670091), else at the
+largest size swept. The batch sweep gets one row per B.
+
+"Measured vs the static model" puts our kernels' measured throughput beside the bound that
+bench/kernel_resources.py predicts from the compiled SASS: the median over autotune configs of
+bound_elements_per_s_<GPU> in reports/resources/sm_90-triton<version>.csv, the CSV of the run's triton
+version (else the nearest, with a note), the GPU column chosen by the measured GPU's name (H100 or H200;
+any other GPU gets no prediction). Measured: the kernel's own device time from the profiler where the
+sweep ran with --profile (CUDA), else the forward's wall time.
+
+--summary FILE also writes a short summary.md: the steps, the checks, the ceilings and the headline tables.
 """
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 HEADLINE_DTYPE = "bf16"
 HEADLINE_LABELS = {"dense": 131072, "sparse": 670091, "linear": 670091}
+RESOURCES = Path(__file__).resolve().parents[1] / "reports" / "resources"
+OURS = "softmargin-triton"
+
+
+def _read(path: Path) -> pd.DataFrame:
+    # a short hash such as 46e2808 would otherwise be read as a float (inf)
+    return pd.read_csv(path, dtype={"git_commit": str})
+
+
+def _with_config(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows without errors, one column per extra_config field."""
+    frame = frame[frame["metric"] != "error"]
+    if frame.empty:
+        return frame
+    config = pd.DataFrame(frame["extra_config"].map(json.loads).tolist(), index=frame.index)
+    return frame.join(config.drop(columns=[c for c in config.columns if c in frame.columns]))
+
+
+def _headline_dtype(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the headline logits dtype (bf16, else the first swept)."""
+    if frame.empty:
+        return frame
+    dtypes = list(dict.fromkeys(frame["dtype"]))
+    return frame[frame["dtype"] == (HEADLINE_DTYPE if HEADLINE_DTYPE in dtypes else dtypes[0])]
 
 
 def _headline(frame: pd.DataFrame) -> pd.DataFrame:
     """The fwd+bwd measurements of a sweep at its headline logits dtype, one column per config field."""
-    frame = frame[(frame["mode"] == "full") & (frame["metric"] != "error")]
-    if frame.empty:
-        return frame
-    config = pd.DataFrame(frame["extra_config"].map(json.loads).tolist(), index=frame.index)
-    frame = frame.join(config)
-    dtypes = list(dict.fromkeys(frame["dtype"]))
-    return frame[frame["dtype"] == (HEADLINE_DTYPE if HEADLINE_DTYPE in dtypes else dtypes[0])]
+    return _headline_dtype(_with_config(frame[frame["mode"] == "full"]))
 
 
 def _headline_x(frame: pd.DataFrame, sweep: str) -> int:
@@ -33,13 +65,20 @@ def _headline_x(frame: pd.DataFrame, sweep: str) -> int:
     return wanted if wanted in set(frame["x_value"]) else int(frame["x_value"].max())
 
 
-def _value(frame: pd.DataFrame, provider: str, target: str, x: int, metric: str = "time") -> float | None:
-    rows = frame[
+def _rows(frame, provider, target, x, metric="time", mode=None) -> pd.DataFrame:
+    selected = (
         (frame["provider"] == provider)
         & (frame["target_dtype"] == target)
         & (frame["x_value"] == x)
         & (frame["metric"] == metric)
-    ]
+    )
+    if mode is not None:
+        selected &= frame["mode"] == mode
+    return frame[selected]
+
+
+def _value(frame: pd.DataFrame, provider: str, target: str, x: int, metric: str = "time", mode=None):
+    rows = _rows(frame, provider, target, x, metric, mode)
     return float(rows["y_50"].iloc[0]) if len(rows) else None
 
 
@@ -48,13 +87,24 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
 
 
 def _number(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
+    return "n/a" if value is None or value != value else f"{value:.{digits}g}"
+
+
+def _spread(frame, provider, target, x, mode="full") -> str:
+    """'median [p20–p80]' of a time, or n/a."""
+    rows = _rows(frame, provider, target, x, "time", mode)
+    if not len(rows):
+        return "n/a"
+    row = rows.iloc[0]
+    if pd.isna(row["y_20"]):
+        return _number(row["y_50"])
+    return f"{_number(row['y_50'])} [{_number(row['y_20'])}–{_number(row['y_80'])}]"
 
 
 def dense_section(full: pd.DataFrame) -> list[str]:
     x = _headline_x(full, "dense")
-    ours = _value(full, "softmargin-triton", "uint8", x)
-    bandwidth = _value(full, "softmargin-triton", "uint8", x, "roofline")
+    ours = _value(full, OURS, "uint8", x)
+    bandwidth = _value(full, OURS, "uint8", x, "roofline")
     compiled = _value(full, "torch-mlsm-compile", "uint8", x)
     first = full.iloc[0]
     return [
@@ -82,8 +132,8 @@ def batch_section(full: pd.DataFrame) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for x in sorted(set(full["x_value"])):
-        ours = _value(full, "softmargin-triton", "uint8", x)
-        bandwidth = _value(full, "softmargin-triton", "uint8", x, "roofline")
+        ours = _value(full, OURS, "uint8", x)
+        bandwidth = _value(full, OURS, "uint8", x, "roofline")
         lines.append(
             f"| {x} | {_number(ours)} | {_number(bandwidth)} | "
             f"{_ratio(_value(full, 'torch-mlsm', 'uint8', x), ours)} | "
@@ -104,14 +154,14 @@ def sparse_section(full: pd.DataFrame) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for x in sorted(set(full["x_value"])):
-        ours = _value(full, "softmargin-triton", "sparse", x)
-        bandwidth = _value(full, "softmargin-triton", "sparse", x, "roofline")
+        ours = _value(full, OURS, "sparse", x)
+        bandwidth = _value(full, OURS, "sparse", x, "roofline")
         lines.append(
             f"| {x} | {_number(ours)} | {_number(bandwidth)} | "
-            f"{_ratio(_value(full, 'softmargin-triton', 'uint8', x), ours)} | "
+            f"{_ratio(_value(full, OURS, 'uint8', x), ours)} | "
             f"{_ratio(_value(full, 'torch-mlsm', dtype, x), ours)} | "
             f"{_ratio(_value(full, 'torch-bce', dtype, x), ours)} | "
-            f"{_number(_value(full, 'softmargin-triton', 'sparse', x, 'target_memory'))} / "
+            f"{_number(_value(full, OURS, 'sparse', x, 'target_memory'))} / "
             f"{_number(_value(full, 'torch-mlsm', dtype, x, 'target_memory'))} |"
         )
     return [*lines, ""]
@@ -128,8 +178,8 @@ def linear_section(full: pd.DataFrame) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for (batch, dim), group in full.groupby(["batch", "dim"]):
-        ours = _value(group, "softmargin-triton", "sparse", x)
-        percent = _value(group, "softmargin-triton", "sparse", x, "gemm_roofline")
+        ours = _value(group, OURS, "sparse", x)
+        percent = _value(group, OURS, "sparse", x, "gemm_roofline")
         floor_ratio = None if percent is None else 100 / percent
         lines.append(
             f"| B={batch}, D={dim} | {_number(ours)} | {_number(floor_ratio)} | "
@@ -137,7 +187,282 @@ def linear_section(full: pd.DataFrame) -> list[str]:
             f"{_ratio(_value(group, 'torch-linear-mlsm-compile', dtype, x), ours)} | "
             f"{_ratio(_value(group, 'torch-chunked', 'sparse', x), ours)} |"
         )
+    sources = set(full["gemm_source"].dropna()) if "gemm_source" in full else set()
+    if sources:
+        lines += ["", f"3-GEMM floor from: {'; '.join(sorted(sources))}."]
     return [*lines, ""]
+
+
+def detail_section(frame: pd.DataFrame, sweep: str) -> list[str]:
+    """Every provider and target at the headline size: fwd+bwd median [p20–p80], forward and backward
+    alone (each timed by itself), peak memory and the rate against the roofline."""
+    rows = _headline_dtype(_with_config(frame))
+    if rows.empty:
+        return []
+    x = _headline_x(rows, sweep)
+    rate = "gemm_roofline" if sweep == "linear" else "roofline"
+    rate_name = "% of 3-GEMM floor" if sweep == "linear" else "% of copy bandwidth"
+    lines = [
+        f"All providers at L={x} (times in ms: median [20th–80th percentile]; forward and backward each "
+        "timed alone, the backward after an untimed forward; peak memory above what was allocated before "
+        "the call, CUDA only):",
+        "",
+        f"| provider | target | fwd+bwd | forward | backward | peak MB | {rate_name} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    at_x = rows[rows["x_value"] == x]
+    pairs = list(dict.fromkeys(zip(at_x["provider"], at_x["target_dtype"], strict=True)))
+    for provider, target in pairs:
+        lines.append(
+            f"| {provider} | {target} | {_spread(rows, provider, target, x)} | "
+            f"{_spread(rows, provider, target, x, 'forward')} | "
+            f"{_spread(rows, provider, target, x, 'backward')} | "
+            f"{_number(_value(rows, provider, target, x, 'memory', 'full'))} | "
+            f"{_number(_value(rows, provider, target, x, rate, 'full'))} |"
+        )
+    errors = frame[frame["metric"] == "error"]
+    for _, error in errors.iterrows():
+        lines.append(
+            f"| {error['provider']} | error ({error['mode']}, x={error['x_value']}) | {error['error']} |"
+        )
+    return [*lines, ""]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measured vs the static model of bench/kernel_resources.py
+# ---------------------------------------------------------------------------------------------------------
+
+# (kernel, variant) of reports/resources → (sweep, our target, the device kernel's name in the profile)
+STATIC_HEADLINE = {
+    ("soft_margin_forward", "mlsm-bf16-uint8"): ("dense", "uint8", "soft_margin_forward_kernel"),
+    ("soft_margin_forward", "mlsm-bf16-sparse"): ("sparse", "sparse", "soft_margin_forward_kernel"),
+    ("linear_soft_margin_chunk", "bf16-sparse"): ("linear", "sparse", "linear_soft_margin_chunk_kernel"),
+}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def resources_csv(resources: Path, triton_version: str) -> tuple[Path | None, str]:
+    """The static model's CSV for this triton version, else the nearest one (with a note)."""
+    found = {path: _version(path.stem.split("triton")[-1]) for path in resources.glob("sm_90-triton*.csv")}
+    if not found:
+        return None, f"no static prediction: no sm_90-triton*.csv in {resources}"
+    wanted = _version(triton_version)
+    for path, version in found.items():
+        if version == wanted:
+            return path, ""
+
+    def distance(item):
+        version = item[1] + (0,) * (3 - len(item[1]))
+        target = wanted + (0,) * (3 - len(wanted))
+        return tuple(abs(a - b) for a, b in zip(version, target, strict=True))
+
+    path = min(found.items(), key=distance)[0]
+    return path, f"no static model for triton {triton_version}: the nearest, {path.name}, is used"
+
+
+def gpu_column(gpu_name: str) -> str | None:
+    for gpu in ("H200", "H100"):
+        if gpu in gpu_name:
+            return gpu
+    return None
+
+
+def _measured(frames: dict, sweep: str, target: str, device_kernel: str) -> tuple | None:
+    """(elements, ms, how) of our kernel in the headline case of a sweep."""
+    if sweep not in frames:
+        return None
+    rows = _headline_dtype(_with_config(frames[sweep]))
+    rows = rows[(rows["provider"] == OURS) & (rows["target_dtype"] == target)]
+    if rows.empty:
+        return None
+    x = _headline_x(rows, sweep)
+    rows = rows[rows["x_value"] == x]
+    batch = int(rows["batch"].iloc[0])
+    elements = batch * x
+    case = f"B={batch}, L={x}" + (
+        f", D={int(rows['dim'].iloc[0])}" if "dim" in rows and sweep == "linear" else ""
+    )
+    if "device_kernel" in rows:
+        kernel = rows[
+            (rows["metric"] == "kernel_time") & rows["device_kernel"].astype(str).str.contains(device_kernel)
+        ]
+        if len(kernel):
+            return elements, float(kernel["y_50"].sum()), f"{device_kernel}, profiler", case
+    forward = rows[(rows["metric"] == "time") & (rows["mode"] == "forward")]
+    if len(forward):
+        how = "forward wall time" + (" (with its dE, dW GEMMs)" if sweep == "linear" else "")
+        return elements, float(forward["y_50"].iloc[0]), how, case
+    return None
+
+
+def static_model_section(frames: dict, resources: Path = RESOURCES) -> list[str]:
+    first = next(iter(frames.values())).iloc[0]
+    gpu, triton_version = str(first["gpu_name"]), str(first["triton_version"])
+    path, note = resources_csv(resources, triton_version)
+    column = gpu_column(gpu)
+    lines = [
+        "### Measured vs the static model",
+        "",
+        "Our kernels' throughput in elements (logits) per second beside the upper bound that "
+        "bench/kernel_resources.py predicts from the SASS (least of the bandwidth, issue and MUFU bounds; "
+        "median over the autotune configs).",
+        "",
+    ]
+    static = pd.read_csv(path) if path is not None else None
+    missing = ""
+    if static is None:
+        missing = note
+    elif column is None:
+        missing = f"no prediction for {gpu}: the static model has columns for H100 and H200 only"
+    elif f"bound_elements_per_s_{column}" not in static.columns:
+        missing = f"no static prediction in {path.name}"
+    elif note:
+        lines += [f"Note: {note}.", ""]
+    if missing:
+        lines += [f"Note: {missing}.", ""]
+    lines += [
+        "| kernel | variant | case | measured ms (how) | measured elements/s | predicted bound elements/s "
+        "| limiter | measured / bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (kernel, variant), (sweep, target, device_kernel) in STATIC_HEADLINE.items():
+        measured = _measured(frames, sweep, target, device_kernel)
+        bound = limiter = None
+        configs = 0
+        if not missing:
+            rows = static[(static["kernel"] == kernel) & (static["variant"] == variant)]
+            values = pd.to_numeric(rows[f"bound_elements_per_s_{column}"], errors="coerce").dropna()
+            if len(values):
+                bound, configs = float(values.median()), len(values)
+                limiters = rows.get(f"limiter_{column}")
+                limiter = limiters.mode().iloc[0] if limiters is not None and limiters.notna().any() else None
+        if measured is None:
+            cells = ["n/a (not measured)", "n/a"]
+            rate = None
+        else:
+            elements, ms, how, _ = measured
+            rate = elements / (ms / 1e3)
+            cells = [f"{_number(ms)} ({how})", f"{rate:.3g}"]
+        case_text = measured[3] if measured else "n/a"
+        bound_text = f"{bound:.3g} ({configs} configs)" if bound is not None else "n/a"
+        lines.append(
+            f"| {kernel} | {variant} | {case_text} | {cells[0]} | {cells[1]} | {bound_text} | "
+            f"{limiter or 'n/a'} | {_ratio(rate, bound) if rate is not None and bound else 'n/a'} |"
+        )
+    return [*lines, ""]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A GPU session's own files: steps, environment, ceilings, checks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def steps_section(folder: Path) -> list[str]:
+    path = folder / "steps.csv"
+    if not path.exists():
+        return []
+    steps = pd.read_csv(path, dtype=str).fillna("")
+    lines = [
+        "## Steps",
+        "",
+        "| step | status | seconds | estimate (s) | limit (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for _, step in steps.iterrows():
+        lines.append(
+            f"| {step['step']} | {step['status']} | {step['seconds']} | {step['estimate_s']} | "
+            f"{step['limit_s']} |"
+        )
+    return [*lines, ""]
+
+
+def environment_lines(folder: Path) -> dict[str, str]:
+    path = folder / "env.txt"
+    if not path.exists():
+        return {}
+    pairs = (line.split(": ", 1) for line in path.read_text().splitlines() if ": " in line)
+    return dict(pairs)
+
+
+def ceilings_section(folder: Path) -> list[str]:
+    path = folder / "ceilings.csv"
+    if not path.exists():
+        return []
+    frame = _read(path)
+    lines = ["## Ceilings measured in the same run", ""]
+    copy = frame[frame["metric"] == "copy_bandwidth"]
+    for _, row in copy.iterrows():
+        mib = json.loads(row["extra_config"])["buffer_mib"]
+        lines.append(
+            f"- copy bandwidth (bytes read + written): {row['y_50']:.0f} GB/s "
+            f"[{row['y_20']:.0f}–{row['y_80']:.0f}] over {mib} MiB"
+        )
+    for kernel, what in (("gemm", "full shape"), ("gemm_chunk", "one label chunk")):
+        rows = frame[frame["kernel"] == kernel].set_index("metric")
+        if rows.empty:
+            continue
+        shape = json.loads(rows["extra_config"].iloc[0])
+        rates = ", ".join(
+            f"{name.removeprefix('gemm_')} {_number(rows.loc[name, 'y_50'])}"
+            for name in ("gemm_logits", "gemm_grad_input", "gemm_grad_weight")
+            if name in rows.index
+        )
+        floor = rows.loc["gemm_3_floor", "y_50"] if "gemm_3_floor" in rows.index else None
+        floor_ms = rows.loc["gemm_3_floor_ms", "y_50"] if "gemm_3_floor_ms" in rows.index else None
+        lines.append(
+            f"- {shape['dtype']} GEMMs of the fused linear loss at B={shape['batch']}, D={shape['dim']}, "
+            f"L={shape['labels']} ({what}), TFLOP/s: {rates}; 3-GEMM floor {_number(floor)} TFLOP/s = "
+            f"{_number(floor_ms)} ms"
+        )
+    return [*lines, ""]
+
+
+def checks_section(folder: Path, detail: bool) -> list[str]:
+    lines = []
+    path = folder / "check_kernels.csv"
+    if path.exists():
+        frame = pd.read_csv(path)
+        passed = frame["passed"].astype(str).str.lower() == "true"
+        variants = frame["variant"].nunique()
+        failed = frame[~passed]
+        lines += [
+            "## Correctness of the compiled kernels",
+            "",
+            f"bench/check_kernels.py: {int(passed.sum())} of {len(frame)} checks passed over {variants} "
+            "kernel and launch variants (against float64 torch).",
+        ]
+        if len(failed):
+            lines += ["", "| variant | quantity | error | tol | message |", "|---|---|---|---|---|"]
+            for _, row in failed.iterrows():
+                message = "" if pd.isna(row.get("message")) else row.get("message")
+                lines.append(
+                    f"| {row['variant']} | {row['quantity']} | {_number(row.get('error'))} | "
+                    f"{_number(row.get('tol'))} | {message} |"
+                )
+        elif detail:
+            worst = (
+                frame.loc[pd.to_numeric(frame["error"], errors="coerce").idxmax()]
+                if "error" in frame
+                else None
+            )
+            if worst is not None:
+                lines += [
+                    "",
+                    f"Largest relative error: {_number(worst['error'])} ({worst['variant']}, "
+                    f"{worst['quantity']}, tolerance {_number(worst['tol'])}).",
+                ]
+        lines.append("")
+    log = folder / "gpu-tests.log"
+    if log.exists():
+        tail = [line for line in log.read_text().splitlines() if line.strip()]
+        last = tail[-1] if tail else "(empty log)"
+        if not lines:
+            lines += ["## Correctness of the compiled kernels", ""]
+        lines += [f"gpu test tier (`pytest -m gpu`): {last.strip('= ')}", ""]
+    return lines
 
 
 # sweep → (the x_name of its rows, its section)
@@ -149,35 +474,96 @@ SECTIONS = {
 }
 
 
-def write_report(folder: Path) -> Path:
-    frames = {  # a short hash such as 46e2808 would otherwise be read as a float (inf)
-        sweep: pd.read_csv(folder / f"{sweep}_sweep.csv", dtype={"git_commit": str})
+def _sweeps(folder: Path) -> dict[str, pd.DataFrame]:
+    return {
+        sweep: _read(folder / f"{sweep}_sweep.csv")
         for sweep in SECTIONS
         if (folder / f"{sweep}_sweep.csv").exists()
     }
-    if not frames:
+
+
+def headline_lines(frames: dict[str, pd.DataFrame], detail: bool) -> list[str]:
+    lines = []
+    for sweep, frame in frames.items():
+        x_name, section = SECTIONS[sweep]
+        frame = frame[frame["x_name"] == x_name]
+        full = _headline(frame)
+        if not len(full):
+            lines += [f"### {sweep} sweep — no fwd+bwd measurement: see the CSV", ""]
+            continue
+        lines += section(full)
+        if detail and sweep != "batch":
+            lines += detail_section(frame, sweep)
+    return lines
+
+
+def _provenance(folder: Path, frames: dict) -> tuple[str, str]:
+    """(title, the provenance paragraph)."""
+    env = environment_lines(folder)
+    if frames:
+        first = next(iter(frames.values())).iloc[0]
+        gpu, torch_version, triton_version = (
+            first["gpu_name"],
+            first["torch_version"],
+            first["triton_version"],
+        )
+        commit, when = first["git_commit"], first["timestamp"]
+    else:
+        gpu = env.get("gpu", "unknown GPU")
+        torch_version, triton_version = env.get("torch", "?"), env.get("triton", "?")
+        commit, when = env.get("commit", "unknown"), env.get("date", "?")
+    if "command" in env:
+        command = f"`GIT_COMMIT=<commit> {env['command']}` (its archive unpacked by `python bench/unpack.py`)"
+    else:
+        command = "`python bench/sweep.py --out FOLDER && python bench/plot.py FOLDER`"
+    driver = f", driver/GPU: {env['nvidia-smi']}" if env.get("nvidia-smi", "not found") != "not found" else ""
+    text = (
+        f"{gpu}{driver}; torch {torch_version}, triton {triton_version}; commit {commit}; measured {when}. "
+        f"Reproduce with {command}."
+    )
+    return f"{gpu}", text
+
+
+def write_report(folder: Path, summary: Path | None = None, resources: Path = RESOURCES) -> Path:
+    frames = _sweeps(folder)
+    session = (folder / "steps.csv").exists()
+    if not frames and not session:
         raise SystemExit(f"no sweep CSV in {folder}: run bench/sweep.py first")
-    first = next(iter(frames.values())).iloc[0]
+    title, provenance = _provenance(folder, frames)
+    first = next(iter(frames.values())).iloc[0] if frames else {}
+    commit = first["git_commit"] if frames else environment_lines(folder).get("commit", "unknown")
     lines = [
-        f"# Benchmark report — {first['gpu_name']}",
+        f"# Benchmark report — {title}",
         "",
-        f"Generated by `python bench/report.py {folder}` from the CSVs next to this file (torch "
-        f"{first['torch_version']}, triton {first['triton_version']}, softmargin-triton "
-        f"{first['package_version']} at commit {first['git_commit']}, measured {first['timestamp']}). "
-        "Reproduce with `python bench/sweep.py --out FOLDER && python bench/plot.py FOLDER`. "
+        f"Generated by `python bench/report.py {folder}` from the CSVs next to this file (at commit "
+        f"{commit}, softmargin-triton {first['package_version'] if frames else '?'}). {provenance} "
         "Ratios are median fwd+bwd times at one logits dtype (named in each heading; the others are in the "
         "CSVs and plots); 'n/a' means the CSV has no such measurement (a provider not run, or an `error` "
         "row: see the CSV).",
         "",
     ]
-    for sweep, frame in frames.items():
-        x_name, section = SECTIONS[sweep]
-        full = _headline(frame[frame["x_name"] == x_name])
-        lines += (
-            section(full) if len(full) else [f"### {sweep} sweep — no fwd+bwd measurement: see the CSV", ""]
-        )
+    body = [*ceilings_section(folder), *checks_section(folder, detail=True)]
+    if frames:
+        body += ["## Timings", "", *headline_lines(frames, detail=True)]
+        if any(sweep in frames for sweep in ("dense", "sparse", "linear")):
+            body += static_model_section(frames, resources)
     path = folder / "REPORT.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join([*lines, *body, *steps_section(folder)]))
+    if summary is not None:
+        short = [
+            f"# GPU session summary — {title}",
+            "",
+            provenance,
+            "",
+            *steps_section(folder),
+            *checks_section(folder, detail=False),
+            *ceilings_section(folder),
+        ]
+        if frames:
+            short += ["## Headline", "", *headline_lines(frames, detail=False)]
+            if any(sweep in frames for sweep in ("dense", "sparse", "linear")):
+                short += static_model_section(frames, resources)
+        summary.write_text("\n".join(short))
     return path
 
 
@@ -185,8 +571,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("folder", type=Path, nargs="?", default=Path("bench-out"))
-    print(f"wrote {write_report(parser.parse_args().folder)}")
+    parser.add_argument(
+        "folders",
+        type=Path,
+        nargs="*",
+        default=[Path("bench-out")],
+        help="one REPORT.md in each; a folder after the first that holds no result is passed over",
+    )
+    parser.add_argument("--summary", type=Path, help="also write a short summary.md of the first folder")
+    parser.add_argument("--resources", type=Path, default=RESOURCES, help="the static model's CSVs")
+    args = parser.parse_args()
+    for index, folder in enumerate(args.folders):
+        if index and not (_sweeps(folder) if folder.is_dir() else None):
+            continue
+        print(f"wrote {write_report(folder, args.summary if index == 0 else None, args.resources)}")
 
 
 if __name__ == "__main__":

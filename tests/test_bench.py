@@ -1,6 +1,7 @@
 """The benchmark sweeps and their plots and report, as the README's main-job command runs them, at a tiny
 size: two logits dtypes, the dense sweep over L and the batch sweep over B, the sparse and linear sweeps."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pandas as pd
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PROVIDERS = ["softmargin-triton", "torch-mlsm"]
@@ -156,3 +158,158 @@ def _time(frame: pd.DataFrame, provider: str, x: int) -> float:
     ]
     assert len(rows) == 1
     return float(rows["y_50"].iloc[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# REPORT.md's "Measured vs the static model": synthetic sweeps and resource CSVs
+# --------------------------------------------------------------------------------------------------------
+
+_SPEC = importlib.util.spec_from_file_location("bench_report", REPO / "bench" / "report.py")
+report = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(report)
+
+# (sweep, our target, B, L, D, forward ms, profiled kernel ms, the device kernel's name)
+CASES = [
+    ("dense", "uint8", 4096, 131072, None, 0.70, 0.62, "soft_margin_forward_kernel"),
+    ("sparse", "sparse", 4096, 670091, None, 2.9, 2.6, "soft_margin_forward_kernel"),
+    ("linear", "sparse", 8192, 670091, 768, 48.0, 30.0, "linear_soft_margin_chunk_kernel"),
+]
+
+
+def _frames(gpu: str, triton: str = "3.6.0", profiled: bool = True) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for sweep, target, batch, labels, dim, forward_ms, kernel_ms, device_kernel in CASES:
+        config = {"batch": batch, "dtype": "bf16", "target_dtype": target, **({"dim": dim} if dim else {})}
+        base = {
+            "gpu_name": gpu,
+            "torch_version": "2.11.0",
+            "triton_version": triton,
+            "package_version": "0.1.0",
+            "git_commit": "1234567",
+            "timestamp": "2026-12-01T00:00:00+00:00",
+            "provider": "softmargin-triton",
+            "x_name": "labels",
+            "x_value": labels,
+            "extra_config": json.dumps(config),
+            "unit": "ms",
+        }
+        rows = [
+            {
+                **base,
+                "mode": "forward",
+                "metric": "time",
+                "y_50": forward_ms,
+                "y_20": forward_ms,
+                "y_80": forward_ms,
+            },
+            {
+                **base,
+                "mode": "full",
+                "metric": "time",
+                "y_50": 1.1 * forward_ms,
+                "y_20": forward_ms,
+                "y_80": 2.0,
+            },
+        ]
+        if profiled:  # our kernel (two launch names, summed) and another kernel that must not count
+            rows += [
+                {
+                    **base,
+                    "mode": "full",
+                    "metric": "kernel_time",
+                    "y_50": kernel_ms / 2,
+                    "device_kernel": device_kernel,
+                },
+                {
+                    **base,
+                    "mode": "full",
+                    "metric": "kernel_time",
+                    "y_50": kernel_ms / 2,
+                    "device_kernel": device_kernel,
+                },
+                {
+                    **base,
+                    "mode": "full",
+                    "metric": "kernel_time",
+                    "y_50": 99.0,
+                    "device_kernel": "other_kernel",
+                },
+            ]
+        frames[sweep] = pd.DataFrame(rows)
+    return frames
+
+
+def _resources(folder: Path, version: str, with_bounds: bool) -> Path:
+    """A per-config CSV as bench/kernel_resources.py writes it: 3 configs per headline kernel."""
+    rows = []
+    for kernel, variant in report.STATIC_HEADLINE:
+        for index, bound in enumerate((1e11, 2e11, 4e11)):
+            row = {"kernel": kernel, "variant": variant, "config": json.dumps({"i": index}), "registers": 40}
+            if with_bounds:
+                row |= {
+                    "bound_elements_per_s_H100": bound / 2,
+                    "limiter_H100": "issue",
+                    "bound_elements_per_s_H200": bound,
+                    "limiter_H200": "bandwidth",
+                }
+            rows.append(row)
+    rows.append(
+        {"kernel": "soft_margin_scale_grad", "variant": "bf16-per-row", "config": "{}", "registers": 30}
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / f"sm_90-triton{version}.csv", index=False)
+    return folder
+
+
+def _table(lines: list[str]) -> dict[str, list[str]]:
+    """The static-model table's rows by variant: their cells."""
+    rows = [line.split(" | ") for line in lines if line.startswith("| ") and "---" not in line]
+    return {cells[1]: cells for cells in rows[1:]}
+
+
+def test_static_model_before_the_columns_exist(tmp_path):
+    """The resources CSV lacks the bound columns: the report says so and still shows the measurement."""
+    resources = _resources(tmp_path, "3.6.0", with_bounds=False)
+    lines = report.static_model_section(_frames("NVIDIA H200"), resources)
+    assert "Note: no static prediction in sm_90-triton3.6.0.csv." in lines
+    table = _table(lines)
+    assert set(table) == {"mlsm-bf16-uint8", "mlsm-bf16-sparse", "bf16-sparse"}
+    dense = table["mlsm-bf16-uint8"]
+    assert dense[3].startswith("0.62 (soft_margin_forward_kernel, profiler)")
+    assert float(dense[4]) == pytest.approx(4096 * 131072 / 0.62e-3, rel=1e-2)
+    assert dense[5] == "n/a" and dense[7].startswith("n/a")
+
+
+@pytest.mark.parametrize(
+    ("gpu", "column", "limiter"),
+    [("NVIDIA H200", "H200", "bandwidth"), ("NVIDIA H100 80GB HBM3", "H100", "issue")],
+    ids=["H200", "H100"],
+)
+def test_static_model_bound_beside_the_measurement(tmp_path, gpu, column, limiter):
+    resources = _resources(tmp_path, "3.6.0", with_bounds=True)
+    lines = report.static_model_section(_frames(gpu), resources)
+    assert not any(line.startswith("Note:") for line in lines), lines
+    bound = 2e11 if column == "H200" else 1e11  # the median over the three configs
+    for sweep, _, batch, labels, _, _, kernel_ms, _ in CASES:
+        variant = {"dense": "mlsm-bf16-uint8", "sparse": "mlsm-bf16-sparse", "linear": "bf16-sparse"}[sweep]
+        cells = _table(lines)[variant]
+        measured = batch * labels / (kernel_ms / 1e3)
+        assert float(cells[4]) == pytest.approx(measured, rel=1e-2)
+        assert cells[5] == f"{bound:.3g} (3 configs)" and cells[6] == limiter
+        assert cells[7].rstrip(" |") == f"{measured / bound:.2f}×"
+
+
+def test_static_model_other_gpu_nearest_version_and_wall_time(tmp_path):
+    _resources(tmp_path, "3.6.0", with_bounds=True)
+    _resources(tmp_path, "3.9.0", with_bounds=True)
+    # triton 3.7 on the GPU: the nearest CSV (3.6) with a note; no profiler rows: the forward's wall time
+    lines = report.static_model_section(_frames("NVIDIA H200", "3.7.1", profiled=False), tmp_path)
+    assert any("nearest, sm_90-triton3.6.0.csv" in line for line in lines), lines
+    cells = _table(lines)["bf16-sparse"]
+    assert cells[3] == "48 (forward wall time (with its dE, dW GEMMs))"
+    lines = report.static_model_section(_frames("NVIDIA A100-SXM4-80GB"), tmp_path)
+    assert (
+        "Note: no prediction for NVIDIA A100-SXM4-80GB: the static model has columns for H100 and H200 only."
+        in lines
+    )
+    assert all(cells[5] == "n/a" for cells in _table(lines).values())
