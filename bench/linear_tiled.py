@@ -38,7 +38,8 @@ from torch import Tensor
 
 from softmargin_triton.backend import TRITON_INTERPRETED
 from softmargin_triton.kernels.linear_soft_margin import logits_tile, operand_block
-from softmargin_triton.kernels.soft_margin import _sigmoid_bce, mark_positives, positives_in_range
+from softmargin_triton.kernels.sigmoid_bce import sigmoid_bce
+from softmargin_triton.kernels.soft_margin import mark_positives, positives_in_range
 from softmargin_triton.linear_soft_margin import _dot_precision
 from softmargin_triton.soft_margin import soft_margin_scale_grad_
 from softmargin_triton.sparse_targets import SparseTargets
@@ -157,7 +158,7 @@ def linear_soft_margin_tiled_kernel(
     tile_start = pid_l.to(tl.int64) * BLOCK_L
     first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
     y = mark_positives(INDICES, first, inside, labels, BLOCK_B, BLOCK_L, tl.float32)
-    loss, grad = _sigmoid_bce(x, y, 1.0, True, False)
+    loss, grad = sigmoid_bce(x, y, 1.0, True, False, True)
     # Padding rows and labels have logits 0, whose gradient 1/2 would otherwise reach db.
     loss = tl.where(mask, loss, 0.0)
     grad = tl.where(mask, grad, 0.0)

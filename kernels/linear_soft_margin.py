@@ -14,7 +14,8 @@ Holding no 0/1 tile keeps a 128×128 tile's epilogue in registers (bench/kernel_
 import triton
 import triton.language as tl
 
-from .soft_margin import _log1p_small, _sigmoid_bce, positives_in_range
+from .sigmoid_bce import negative_bce, positive_bce, sigmoid_bce
+from .soft_margin import positives_in_range
 
 
 def chunk_configs() -> list[triton.Config]:
@@ -138,6 +139,7 @@ def linear_soft_margin_chunk_kernel(
     WRITE_GRAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
+    PRECISE: tl.constexpr,
 ):
     """One (BLOCK_B rows × BLOCK_L labels) tile of a label chunk: logits, loss partials, gradient.
 
@@ -159,6 +161,7 @@ def linear_soft_margin_chunk_kernel(
              loss over the tile, in column pid_l.
     DOT_PRECISION: tl.dot's input precision for float32 inputs ("ieee", or "tf32" when torch allows it).
     DOT_IN_FP32: upcast the operands before tl.dot (only for Triton's interpreter, whose bf16 dot is wrong).
+    PRECISE: sigmoid_bce's precision: False only where both the loss and G are 16-bit.
     """
     pid_b = tl.program_id(0)
     pid_l = tl.program_id(1)
@@ -192,11 +195,9 @@ def linear_soft_margin_chunk_kernel(
     )
 
     if SPARSE_TARGET:
-        # Every label as a negative first: loss softplus(x) (NaN at x = -inf, as torch's 0·log σ(x) there),
-        # gradient σ(x), with no target tile held in registers; the tile's few positives are corrected below.
-        e = tl.exp(-tl.abs(x))
-        loss = tl.where(x == -float("inf"), float("nan"), tl.maximum(x, 0.0) + _log1p_small(e))
-        grad = tl.where(x >= 0, 1.0, e) / (1.0 + e)
+        # Every label as a negative first, with no target tile held in registers; the tile's few positives
+        # are corrected below.
+        loss, grad = negative_bce(x, PRECISE)
     else:
         y = tl.load(Y + rows[:, None] * stride_y_row + labels[None, :] * stride_y_col, mask=mask, other=0)
         y = y.to(tl.float32)
@@ -206,7 +207,7 @@ def linear_soft_margin_chunk_kernel(
                 PW + rows[:, None] * stride_pw_row + labels[None, :] * stride_pw_col, mask=mask, other=1
             )
             p = p.to(tl.float32)
-        loss, grad = _sigmoid_bce(x, y, p, True, HAS_POS_WEIGHT)
+        loss, grad = sigmoid_bce(x, y, p, True, HAS_POS_WEIGHT, PRECISE)
     if HAS_LABEL_WEIGHT:
         w = tl.load(LW + rows[:, None] * stride_lw_row + labels[None, :] * stride_lw_col, mask=mask, other=0)
         w = w.to(tl.float32)
@@ -233,10 +234,7 @@ def linear_soft_margin_chunk_kernel(
             has = (j < inside) & (col < chunk_labels)
             hit = col[:, None] == cols[None, :]
             x_pos = tl.sum(tl.where(hit, x, 0.0), axis=1)
-            e_pos = tl.exp(-tl.abs(x_pos))
-            log1p_pos = _log1p_small(e_pos)
-            softplus_neg = tl.maximum(-x_pos, 0.0) + log1p_pos
-            sigmoid_neg = tl.where(x_pos >= 0, e_pos, 1.0) / (1.0 + e_pos)
+            softplus_neg, grad_pos = positive_bce(x_pos, PRECISE)
             p_pos = 1.0
             if HAS_POS_WEIGHT:
                 p_pos = tl.load(
@@ -247,11 +245,9 @@ def linear_soft_margin_chunk_kernel(
                 w_pos = tl.load(
                     LW + rows * stride_lw_row + (label_start + col) * stride_lw_col, mask=has, other=0
                 ).to(tl.float32)
-            # NaN at x = +inf as torch's 0·log σ(-x) there.
-            loss_pos = tl.where(x_pos == float("inf"), float("nan"), w_pos * p_pos * softplus_neg)
-            loss = tl.where(hit, loss_pos[:, None], loss)
+            loss = tl.where(hit, (w_pos * p_pos * softplus_neg)[:, None], loss)
             if WRITE_GRAD:
-                grad_pos = -(w_pos * p_pos) * sigmoid_neg
+                grad_pos = (w_pos * p_pos) * grad_pos
                 if HAS_ROW_SCALE:
                     grad_pos = grad_pos * row_scale
                 tl.store(G + rows * stride_g_row + col, grad_pos.to(G.dtype.element_ty), mask=has)

@@ -15,6 +15,8 @@ them in each tile by comparing ids — so positives get their exact loss and gra
 import triton
 import triton.language as tl
 
+from .sigmoid_bce import negative_bce, sigmoid_bce
+
 # Largest span one program reduces to a single partial; the host grows it only past grid-y's 65535 limit.
 MAX_SPAN = 8192
 MAX_GRID_Y = 65535
@@ -45,40 +47,28 @@ _tile_shape = triton.heuristics(
     {
         "BLOCK_C": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_C"],
         "BLOCK_R": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_R"],
+        # Every tile full (spans of SPAN columns, blocks of BLOCK_R rows): no masks, no selects.
+        "EVEN": lambda args: args["C"] % args["SPAN"] == 0 and args["R"] % args["BLOCK_R"] == 0,
     }
 )
 
 
 @triton.jit
-def _log1p_small(e):
-    """log(1 + e) for e in [0, 1], accurate where 1 + e rounds to 1 (Goldberg's correction)."""
-    u = 1.0 + e
-    return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+def load_tile(ptrs, mask, other, EVEN: tl.constexpr):
+    """tl.load of a tile, masked unless EVEN (every element in bounds)."""
+    if EVEN:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=mask, other=other)
 
 
 @triton.jit
-def _sigmoid_bce(x, y, p, MLSM_FORM: tl.constexpr, HAS_POS_WEIGHT: tl.constexpr):
-    """Unweighted elementwise loss and d loss / dx of sigmoid-BCE at logits x, targets y, pos_weight p."""
-    # softplus(±x) = max(±x, 0) + log1p(exp(-|x|)) and sigmoid(x) share one exp.
-    e = tl.exp(-tl.abs(x))
-    log1p_e = _log1p_small(e)
-    softplus_neg = tl.maximum(-x, 0.0) + log1p_e
-    reciprocal = 1.0 / (1.0 + e)
-    sigmoid = tl.where(x >= 0, 1.0, e) * reciprocal
-    sigmoid_neg = tl.where(x >= 0, e, 1.0) * reciprocal  # σ(-x) = 1 - σ(x) without the cancellation
-    positive = p * y if HAS_POS_WEIGHT else y
-    # The two torch formulas agree on finite logits and differ only in where ±inf logits give NaN.
-    if MLSM_FORM:  # MultiLabelSoftMarginLoss: p·y·softplus(-x) + (1-y)·softplus(x)
-        loss = positive * softplus_neg + (1.0 - y) * (tl.maximum(x, 0.0) + log1p_e)
-    else:  # BCEWithLogitsLoss: (1-y)·x + ((p-1)·y + 1)·softplus(-x), with softplus(-x)'s log1p term added
-        # last: for y = 0 and x < 0 the x and max(-x, 0) terms cancel exactly, the log1p term survives
-        # (infinities combine as in torch's order, so NaN and ±inf appear where torch's do).
-        c = positive - y + 1.0
-        loss = ((1.0 - y) * x + c * tl.maximum(-x, 0.0)) + c * log1p_e
-    # d loss / dx = (p·y + 1 - y)·σ(x) - p·y = (1 - y)·σ(x) - p·y·σ(-x): exact for 0/1 targets even where
-    # σ(x) rounds to 1, folded in full precision before the gradient is rounded.
-    grad = (1.0 - y) * sigmoid - positive * sigmoid_neg
-    return loss, grad
+def store_tile(ptrs, values, mask, EVEN: tl.constexpr):
+    """tl.store of a tile, masked unless EVEN (every element in bounds)."""
+    if EVEN:
+        tl.store(ptrs, values)
+    else:
+        tl.store(ptrs, values, mask=mask)
 
 
 @triton.jit
@@ -148,6 +138,8 @@ def soft_margin_forward_kernel(
     WRITE_LOSS: tl.constexpr,
     WRITE_PARTIAL: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
+    PRECISE: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """Loss terms and gradient of sigmoid-BCE, one tile of rows × one span of columns per program.
 
@@ -162,6 +154,8 @@ def soft_margin_forward_kernel(
     PARTIAL: (R, cdiv(C, SPAN)) contiguous COMPUTE_DTYPE row partial sums; written if WRITE_PARTIAL.
     grad_scale: factor applied to the stored gradient (the reduction's, or 1 when the backward applies it).
     COMPUTE_DTYPE: float64 for float64 logits, else float32.
+    PRECISE: sigmoid_bce's precision: False only where both the loss and the gradient are 16-bit.
+    EVEN: every tile lies inside (R, C) (see _tile_shape): loads, stores and sums go unmasked.
     """
     row_block = tl.program_id(0)
     span_id = tl.program_id(1)
@@ -171,27 +165,30 @@ def soft_margin_forward_kernel(
     span_end = tl.minimum(span_start + SPAN, C)
     if SPARSE_TARGET:
         first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, span_start, span_end)
+        # Most spans of a huge label space hold no positive: theirs is every label's negative loss.
+        span_has_positives = tl.max(inside, axis=0) > 0
     acc = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)
     for offset in tl.range(0, SPAN, BLOCK_C):
         cols = span_start + offset + tl.arange(0, BLOCK_C)
         mask = row_mask[:, None] & (cols < span_end)[None, :]
         cols = cols.to(tl.int64)
-        x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :] * stride_x_col, mask=mask, other=0)
+        x = load_tile(X + rows[:, None] * stride_x_row + cols[None, :] * stride_x_col, mask, 0, EVEN)
         x = x.to(COMPUTE_DTYPE)
-        if SPARSE_TARGET:
-            y = mark_positives(INDICES, first, inside, cols, BLOCK_R, BLOCK_C, COMPUTE_DTYPE)
-        else:
-            y = tl.load(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask=mask, other=0)
-            y = y.to(COMPUTE_DTYPE)
         p = 1.0
         if HAS_POS_WEIGHT:
-            p = tl.load(
-                PW + rows[:, None] * stride_pw_row + cols[None, :] * stride_pw_col, mask=mask, other=1
-            )
+            p = load_tile(PW + rows[:, None] * stride_pw_row + cols[None, :] * stride_pw_col, mask, 1, EVEN)
             p = p.to(COMPUTE_DTYPE)
-        loss, grad = _sigmoid_bce(x, y, p, MLSM_FORM, HAS_POS_WEIGHT)
+        if SPARSE_TARGET:
+            if span_has_positives:
+                y = mark_positives(INDICES, first, inside, cols, BLOCK_R, BLOCK_C, COMPUTE_DTYPE)
+                loss, grad = sigmoid_bce(x, y, p, MLSM_FORM, HAS_POS_WEIGHT, PRECISE)
+            else:  # both torch formulas are softplus(x) at a 0 target, NaN at x = -inf
+                loss, grad = negative_bce(x, PRECISE)
+        else:
+            y = load_tile(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask, 0, EVEN)
+            loss, grad = sigmoid_bce(x, y.to(COMPUTE_DTYPE), p, MLSM_FORM, HAS_POS_WEIGHT, PRECISE)
         if HAS_WEIGHT:
-            w = tl.load(W + rows[:, None] * stride_w_row + cols[None, :] * stride_w_col, mask=mask, other=0)
+            w = load_tile(W + rows[:, None] * stride_w_row + cols[None, :] * stride_w_col, mask, 0, EVEN)
             w = w.to(COMPUTE_DTYPE)
             loss = loss * w
             grad = grad * w
@@ -199,12 +196,15 @@ def soft_margin_forward_kernel(
         if WRITE_LOSS:
             if LOSS.dtype.element_ty.primitive_bitwidth == 16:
                 loss = loss.to(tl.float32)  # fp64 → half in two steps (Triton's interpreter mis-rounds one)
-            tl.store(LOSS + rows[:, None] * C + cols[None, :], loss.to(LOSS.dtype.element_ty), mask=mask)
+            store_tile(LOSS + rows[:, None] * C + cols[None, :], loss.to(LOSS.dtype.element_ty), mask, EVEN)
         if WRITE_PARTIAL:
-            acc += tl.where(mask, loss, 0.0)
+            if EVEN:
+                acc += loss
+            else:
+                acc += tl.where(mask, loss, 0.0)
         if WRITE_GRAD:
             grad_ptrs = GRAD + rows[:, None] * stride_grad_row + cols[None, :] * stride_grad_col
-            tl.store(grad_ptrs, (grad * grad_scale).to(GRAD.dtype.element_ty), mask=mask)
+            store_tile(grad_ptrs, (grad * grad_scale).to(GRAD.dtype.element_ty), mask, EVEN)
 
     if WRITE_PARTIAL:
         num_spans = tl.cdiv(C, SPAN)
@@ -227,6 +227,7 @@ def soft_margin_scale_grad_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """GRAD *= GRAD_OUTPUT · scale in place, touching only elements where that factor is not exactly 1.
 
@@ -234,6 +235,7 @@ def soft_margin_scale_grad_kernel(
     GRAD_OUTPUT: (R, C) broadcast view of the loss's gradient (strides 0 for a scalar or per-row), float.
     scale: 1, or the reduction's factor when the forward left it out (fp16 gradients, see the host).
     COMPUTE_DTYPE: float64 for a float64 GRAD, else float32.
+    EVEN: every tile lies inside (R, C) (see _tile_shape): no bounds masks.
     The common `loss.backward()` (factor 1) thus moves no gradient bytes and needs no host sync.
     """
     row_block = tl.program_id(0)
@@ -247,8 +249,11 @@ def soft_margin_scale_grad_kernel(
         mask = row_mask[:, None] & (cols < span_end)[None, :]
         cols = cols.to(tl.int64)
         go_ptrs = GRAD_OUTPUT + rows[:, None] * stride_go_row + cols[None, :] * stride_go_col
-        factor = tl.load(go_ptrs, mask=mask, other=1).to(COMPUTE_DTYPE) * scale
-        touch = mask & (factor != 1.0)
+        factor = load_tile(go_ptrs, mask, 1, EVEN).to(COMPUTE_DTYPE) * scale
+        if EVEN:
+            touch = factor != 1.0
+        else:
+            touch = mask & (factor != 1.0)
         grad_ptrs = GRAD + rows[:, None] * stride_grad_row + cols[None, :] * stride_grad_col
         grad = tl.load(grad_ptrs, mask=touch, other=0).to(COMPUTE_DTYPE)
         tl.store(grad_ptrs, (grad * factor).to(GRAD.dtype.element_ty), mask=touch)

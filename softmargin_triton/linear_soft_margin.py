@@ -29,6 +29,7 @@ from softmargin_triton.soft_margin import (
     _resolve_reduction,
     _rows_view,
     multilabel_soft_margin_loss,
+    precise_math,
     soft_margin_scale_grad_,
 )
 from softmargin_triton.sparse_targets import SparseTargets, positive_rows
@@ -85,10 +86,11 @@ def _chunk_triton(
     start: int,
     stop: int,
     label_offset: int,
+    out_dtype: torch.dtype,
 ) -> Tensor:
     """Labels [start, stop) through the chunk kernel, which indexes the full (L, ·) operands itself:
     writes `grad` (rows, stop - start) if given and returns the rows' loss over the chunk, (rows,) fp32.
-    Sparse positives are numbered from `label_offset` at weight's row 0."""
+    Sparse positives are numbered from `label_offset` at weight's row 0; the loss is for out_dtype."""
     rows, dim = input.shape
     labels = stop - start
     partial = torch.zeros(
@@ -130,6 +132,7 @@ def _chunk_triton(
         WRITE_GRAD=grad is not None,
         DOT_PRECISION=_dot_precision(input.dtype),
         DOT_IN_FP32=TRITON_INTERPRETED,
+        PRECISE=precise_math(input.dtype, out_dtype),
     )
     if TRITON_INTERPRETED:  # the interpreter cannot benchmark configs: the heuristic one
         config = kernels.HEURISTIC_CONFIG
@@ -227,6 +230,7 @@ def linear_soft_margin_forward(
                 start,
                 stop,
                 label_offset,
+                out_dtype,
             )
         else:
             target_chunk = (

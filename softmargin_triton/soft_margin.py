@@ -59,6 +59,13 @@ def _compute_dtype(dtype: torch.dtype):
     return triton.language.float64 if dtype == torch.float64 else triton.language.float32
 
 
+def precise_math(input_dtype: torch.dtype, loss_dtype: torch.dtype) -> bool:
+    """The kernels' PRECISE flag (kernels/sigmoid_bce.py): their fast math is below the rounding of a
+    16-bit loss and a 16-bit gradient (the input's dtype), not of a 32- or 64-bit one."""
+    half = (torch.float16, torch.bfloat16)
+    return not (input_dtype in half and loss_dtype in half)
+
+
 def _launch(autotuned, grid, *args, **constexprs) -> None:
     """Run an autotuned kernel; under the interpreter, which cannot benchmark, with the heuristic config."""
     if TRITON_INTERPRETED:
@@ -94,6 +101,7 @@ def _launch_forward(
     partial: Tensor | None,
     grad_scale: float,
     loss_form: LossForm,
+    out_dtype: torch.dtype,
 ) -> None:
     """The tiled forward kernel, over a dense target or the positives indptr/indices."""
     rows, cols = input.shape
@@ -129,6 +137,7 @@ def _launch_forward(
         WRITE_LOSS=loss is not None,
         WRITE_PARTIAL=partial is not None,
         COMPUTE_DTYPE=_compute_dtype(input.dtype),
+        PRECISE=precise_math(input.dtype, out_dtype),
     )
 
 
@@ -147,7 +156,18 @@ def _soft_margin_forward_triton(
 ) -> Tensor:
     loss, partial = _forward_outputs(input, loss_form, reduction, out_dtype)
     _launch_forward(
-        input, target, indptr, indices, weight, pos_weight, grad, loss, partial, grad_scale, loss_form
+        input,
+        target,
+        indptr,
+        indices,
+        weight,
+        pos_weight,
+        grad,
+        loss,
+        partial,
+        grad_scale,
+        loss_form,
+        out_dtype,
     )
     if loss is not None:
         return loss

@@ -1,0 +1,158 @@
+"""Elementwise sigmoid + binary cross-entropy on the device: the math every loss kernel shares.
+
+Everything derives from e = e^{-|x|} ∈ [0, 1] and r = 1 / (1 + e):
+
+    σ(|x|) = r,  σ(-|x|) = e·r,  softplus(±x) = max(±x, 0) + log1p(e),
+
+with log1p(e) a polynomial in e (FMAs, no libdevice log, no IEEE division). Two precisions, one constexpr:
+
+- FAST (16-bit loss and 16-bit gradient): e from one MUFU ex2 of the rounded product -|x|·log2(e), r
+  from one MUFU reciprocal (rcp.approx, ≤ 1 ulp), log1p(e) = e + e²·Q(e) with Q of degree 4 (relative
+  error < 2^-16.6, far below half an ulp of bf16 or fp16 before the final rounding).
+- PRECISE (an fp32 loss or gradient): the product's rounding error and log2(e)'s own are carried into e
+  (e ≈ 2^t·(1 + t_lo·ln 2)), r gets one Newton step, Q has degree 7 (relative error < 2^-24.8).
+
+float64 logits compute in float64 with libdevice's exp and log (the MUFU approximations are fp32-only).
+MUFU ex2 flushes results below 2^-126 to zero: where |x| > 87.3 an fp32 computation gives e = 0, so a
+loss term or gradient smaller than 2^-126 (in magnitude) comes out as 0.
+
+Triton's CPU interpreter runs numpy, which has neither libdevice nor PTX: there the approximate reciprocal
+is an exact division (the polynomials and the rest are the same code).
+"""
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+from triton.runtime.interpreter import InterpretedFunction
+
+
+@triton.jit
+def _probe():
+    pass
+
+
+# Fixed when triton decorates this module's functions: TRITON_INTERPRET=1 at import selects the interpreter.
+INTERPRETED: tl.constexpr = tl.constexpr(isinstance(_probe, InterpretedFunction))
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+# log2(e) = LOG2E_HI + LOG2E_LO, LOG2E_HI the float32 nearest: the compensated product keeps both.
+LOG2E_HI: tl.constexpr = tl.constexpr(1.4426950216293335)
+LOG2E_LO: tl.constexpr = tl.constexpr(1.925963033500011e-08)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def fast_reciprocal(u):
+    """1/u for fp32 u in [2^-126, 2^126] by the MUFU (≤ 1 ulp); exact under the interpreter."""
+    if INTERPRETED:
+        return 1.0 / u
+    else:
+        return libdevice.fast_dividef(1.0, u)
+
+
+@triton.jit
+def exp_neg_abs(x, PRECISE: tl.constexpr):
+    """e^{-|x|} in [0, 1] for x of the compute dtype (float32 or float64)."""
+    if x.dtype == tl.float64:
+        return tl.exp(-tl.abs(x))
+    else:
+        a = tl.abs(x)
+        if PRECISE:
+            # e^-104 rounds to 0 in fp32: clamped there (NaN kept), a = inf cannot make t_lo NaN below.
+            a = tl.minimum(a, 104.0, propagate_nan=tl.PropagateNan.ALL)
+        t = a * -LOG2E_HI
+        e = tl.exp2(t)
+        if PRECISE:
+            # -a·log2(e) = t + t_lo exactly up to LOG2E_LO's rounding: the FMA recovers t's rounding
+            # error, which alone would cost e a relative a·2^-24 (up to ~90 ulps).
+            t_lo = tl.fma(-a, LOG2E_LO, tl.fma(a, -LOG2E_HI, -t))
+            e = tl.fma(e, t_lo * LN2, e)
+        return e
+
+
+@triton.jit
+def reciprocal_one_plus(e, PRECISE: tl.constexpr):
+    """1 / (1 + e) for e in [0, 1]: σ(|x|)."""
+    u = 1.0 + e
+    if e.dtype == tl.float64:
+        return 1.0 / u
+    else:
+        r = fast_reciprocal(u)
+        if PRECISE:
+            r = tl.fma(r, tl.fma(-u, r, 1.0), r)  # one Newton step: ≤ 1 ulp → ~0.5 ulp
+        return r
+
+
+@triton.jit
+def log1p_unit(e, PRECISE: tl.constexpr):
+    """log(1 + e) for e in [0, 1] (NaN stays NaN), accurate where 1 + e rounds to 1.
+
+    e + e²·Q(e), Q a minimax fit of (log1p(e) - e)/e² for the relative error of the result over [0, 1].
+    """
+    if e.dtype == tl.float64:
+        u = 1.0 + e  # Goldberg: log(u)·e/(u - 1) corrects the rounding of 1 + e
+        return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+    else:
+        if PRECISE:
+            q = tl.fma(e, 0.005364758428186178, -0.030065545812249184)
+            q = tl.fma(q, e, 0.07920416444540024)
+            q = tl.fma(q, e, -0.13753773272037506)
+            q = tl.fma(q, e, 0.19153642654418945)
+            q = tl.fma(q, e, -0.24857160449028015)
+            q = tl.fma(q, e, 0.333213210105896)
+            q = tl.fma(q, e, -0.49999648332595825)
+        else:
+            q = tl.fma(e, -0.024734679609537125, 0.10359293222427368)
+            q = tl.fma(q, e, -0.21240441501140594)
+            q = tl.fma(q, e, 0.326226145029068)
+            q = tl.fma(q, e, -0.49953946471214294)
+        return tl.fma(e * e, q, e)
+
+
+@triton.jit
+def sigmoid_bce(x, y, p, MLSM_FORM: tl.constexpr, HAS_POS_WEIGHT: tl.constexpr, PRECISE: tl.constexpr):
+    """Unweighted elementwise loss and d loss / dx of sigmoid-BCE at logits x, targets y (any real
+    values), pos_weight p, all of the compute dtype; NaN and ±inf where torch's formulas give them."""
+    e = exp_neg_abs(x, PRECISE)
+    r = reciprocal_one_plus(e, PRECISE)
+    log1p_e = log1p_unit(e, PRECISE)
+    positive = p * y if HAS_POS_WEIGHT else y
+    negative = 1.0 - y
+    # d loss / dx = (1 - y)·σ(x) - p·y·σ(-x) = r·((1 - y) - p·y·e) for x ≥ 0, r·((1 - y)·e - p·y) for x < 0:
+    # exact for 0/1 targets even where σ(x) rounds to 1, folded in full precision before any rounding.
+    nonnegative = x >= 0
+    slope = tl.where(nonnegative, negative, -positive)
+    grad = r * tl.fma(tl.where(nonnegative, -positive, negative), e, slope)
+    # The two torch formulas agree on finite logits and differ only in where ±inf logits give NaN.
+    if MLSM_FORM:
+        # p·y·softplus(-x) + (1-y)·softplus(x) = x·slope + (p·y + 1 - y)·log1p(e): x·slope is (1-y)·max(x, 0)
+        # + p·y·max(-x, 0), and at x = ±inf it is ±inf times the coefficient, NaN for a zero one, as torch.
+        if HAS_POS_WEIGHT:
+            loss = tl.fma(positive + negative, log1p_e, x * slope)
+        else:
+            loss = x * slope + log1p_e
+    else:  # BCEWithLogitsLoss: (1-y)·x + ((p-1)·y + 1)·softplus(-x), with softplus(-x)'s log1p term added
+        # last: for y = 0 and x < 0 the x and max(-x, 0) terms cancel exactly, the log1p term survives
+        # (infinities combine as in torch's order, so NaN and ±inf appear where torch's do).
+        c = positive + negative
+        loss = (negative * x + c * tl.maximum(-x, 0.0)) + c * log1p_e
+    return loss, grad
+
+
+@triton.jit
+def negative_bce(x, PRECISE: tl.constexpr):
+    """(loss, d loss / dx) of a label whose target is 0: softplus(x) (NaN at x = -inf, as torch's
+    0·log σ(x) there) and σ(x)."""
+    e = exp_neg_abs(x, PRECISE)
+    r = reciprocal_one_plus(e, PRECISE)
+    # (x + |x|)/2 as one FMA: max(x, 0), but NaN at -inf where -inf + inf is.
+    loss = tl.fma(x, 0.5, tl.abs(x) * 0.5) + log1p_unit(e, PRECISE)
+    return loss, tl.where(x >= 0, r, e * r)
+
+
+@triton.jit
+def positive_bce(x, PRECISE: tl.constexpr):
+    """(loss, d loss / dx) of a label whose target is 1: softplus(-x) (NaN at x = +inf, as torch's
+    0·log σ(-x) there) and -σ(-x)."""
+    loss, grad = negative_bce(-x, PRECISE)
+    return loss, -grad
