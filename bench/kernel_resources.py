@@ -12,9 +12,19 @@ Each variant is one argument signature the package launches (pointer dtypes, con
 the specialization Triton's launcher would give it: integers equal to 1 become constants, pointers and
 integers divisible by 16 are marked so, so that loads vectorize as they would at run time.
 
+From each cubin's SASS it also counts what one element costs and predicts the throughput that allows on an
+H100 and an H200 (the model of bench/sass_model.py, explained in bench/README.md): for the memory-bound
+loss kernels the steady-state loop's instructions and MUFU operations per element, for the fused linear
+kernel its epilogue's per logit against the tile's tensor-core clocks.
+
 Writes sm_<arch>-triton<version>.csv into --out: kernel, variant, config (JSON), num_warps, num_stages,
-registers, stack_bytes, shared_bytes, fits_shared, mma (wgmma / mma.sync / none), arch, triton_version,
-git_commit, timestamp.
+registers, stack_bytes, shared_bytes, fits_shared, mma (wgmma / mma.sync / none), ctas_per_sm,
+elements_per_thread (per loop trip, or logits per thread of a GEMM tile), instructions_per_element,
+mufu_per_element, load_bits and store_bits (the global accesses' widths, "+"-separated),
+rare_instructions (the rarely run sides of branches and nested loops, not per element), bytes_per_element,
+epilogue_clocks and mma_clocks (per GEMM tile), bound_elements_per_s_<GPU> and limiter_<GPU> for H100
+and H200, arch, triton_version, git_commit, timestamp. The model columns are empty for a kernel it does
+not cover (design (a)'s tiled kernel).
 Run it with TRITON_INTERPRET unset: Triton's interpreter has no compiler to measure.
 """
 
@@ -25,14 +35,16 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import sass_model  # bench/sass_model.py
 import triton
 import triton.language as tl
 from linear_tiled import linear_soft_margin_tiled_kernel, tiled_configs  # bench/linear_tiled.py
-from sweep import git_commit  # bench/sweep.py
+from timing import git_commit  # bench/timing.py
 from tqdm import tqdm
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -49,11 +61,14 @@ MAX_SHARED_BYTES = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024
 @dataclass(frozen=True)
 class Variant:
     """One launch signature: example values of the runtime arguments (pointers as Triton type strings such
-    as "*bf16", integers and floats as values) and the constexpr flags, both by parameter name."""
+    as "*bf16", integers and floats as values) and the constexpr flags, both by parameter name; and the
+    bytes that one element (one logit) moves to or from memory, the fused minimum of the launch."""
 
     name: str
     args: dict[str, object]
     constexprs: dict[str, object]
+    bytes_per_element: float
+    headline: bool = False  # compiled by `--headline` too
 
 
 def _dense_loss_args(logits: str, target: str, rows: int, cols: int, weights: bool) -> dict[str, object]:
@@ -95,6 +110,7 @@ def _dense_loss_flags(**flags: object) -> dict[str, object]:
         WRITE_LOSS=False,
         WRITE_PARTIAL=True,
         COMPUTE_DTYPE=tl.float32,
+        PRECISE=False,
     )
     return {**base, **flags}
 
@@ -145,6 +161,7 @@ def _linear_chunk_flags(sparse: bool, dtype: str, weights: bool, **flags: object
         WRITE_GRAD=True,
         DOT_PRECISION="tf32" if dtype == "*fp32" else "ieee",
         DOT_IN_FP32=False,
+        PRECISE=dtype == "*fp32",  # the loss in the logits' dtype
     )
     return {**base, **flags}
 
@@ -187,11 +204,29 @@ def _scale_grad_args(dtype: str, rows: int, cols: int) -> dict[str, object]:
     }
 
 
-# Per kernel: the jitted function, its autotune configs, the launch signatures worth compiling, and how a
-# config's parameters become constexprs (the soft-margin kernels derive their block shape from TILE).
-# The headline variant of each kernel comes first: `--headline` compiles only those.
+def _tile_constexprs(config: triton.Config, args: dict, flags: dict) -> dict:
+    """The soft-margin kernels' block shape from TILE and whether every tile is full (their heuristics)."""
+    shape = soft_margin.tile_shape(config.kwargs["TILE"], flags["SPAN"])
+    even = args["C"] % flags["SPAN"] == 0 and args["R"] % shape["BLOCK_R"] == 0
+    return {**config.kwargs, **shape, "EVEN": even}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A jitted kernel, its autotune configs, the launch signatures worth compiling, how a config's
+    parameters become constexprs (the soft-margin kernels derive their block shape from TILE), and which
+    cost model applies: "memory" (a loop over tiles of TILE elements), "gemm" (a BLOCK_B × BLOCK_L tile
+    over D with an epilogue) or None."""
+
+    fn: object
+    configs: Callable[[], list[triton.Config]]
+    variants: list[Variant]
+    config_constexprs: Callable[[triton.Config, dict, dict], dict]
+    model: str | None
+
+
 KERNELS = {
-    "soft_margin_forward": (
+    "soft_margin_forward": Kernel(
         soft_margin.soft_margin_forward_kernel,
         soft_margin.tile_configs,
         [
@@ -199,11 +234,15 @@ KERNELS = {
                 "mlsm-bf16-uint8",
                 _dense_loss_args("*bf16", "*u8", 4096, 131072, weights=False),
                 _dense_loss_flags(),
+                bytes_per_element=5,  # bf16 logits and gradient, uint8 target
+                headline=True,
             ),
             Variant(
                 "mlsm-bf16-sparse",
                 _dense_loss_args("*bf16", "*bf16", 4096, 131072, weights=False),
                 _dense_loss_flags(SPARSE_TARGET=True),
+                bytes_per_element=4,  # bf16 logits and gradient
+                headline=True,
             ),
             Variant(
                 "bce-fp32-weighted-none",
@@ -214,15 +253,15 @@ KERNELS = {
                     HAS_POS_WEIGHT=True,
                     WRITE_LOSS=True,
                     WRITE_PARTIAL=False,
+                    PRECISE=True,
                 ),
+                bytes_per_element=16,  # fp32 logits, target, gradient and loss (weights are (C,) views)
             ),
         ],
-        lambda config, flags: {
-            **config.kwargs,
-            **soft_margin.tile_shape(config.kwargs["TILE"], flags["SPAN"]),
-        },
+        _tile_constexprs,
+        model="memory",
     ),
-    "soft_margin_scale_grad": (
+    "soft_margin_scale_grad": Kernel(
         soft_margin.soft_margin_scale_grad_kernel,
         soft_margin.tile_configs,
         [
@@ -230,14 +269,14 @@ KERNELS = {
                 "bf16-per-row",
                 _scale_grad_args("*bf16", 4096, 131072),
                 dict(SPAN=soft_margin.MAX_SPAN, COMPUTE_DTYPE=tl.float32),
+                bytes_per_element=4,  # bf16 gradient read and written
+                headline=True,
             )
         ],
-        lambda config, flags: {
-            **config.kwargs,
-            **soft_margin.tile_shape(config.kwargs["TILE"], flags["SPAN"]),
-        },
+        _tile_constexprs,
+        model="memory",
     ),
-    "linear_soft_margin_chunk": (
+    "linear_soft_margin_chunk": Kernel(
         linear_soft_margin.linear_soft_margin_chunk_kernel,
         linear_soft_margin.chunk_configs,
         [
@@ -245,31 +284,38 @@ KERNELS = {
                 "bf16-sparse",
                 _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=False),
                 _linear_chunk_flags(sparse=True, dtype="*bf16", weights=False),
+                bytes_per_element=2,  # G written; E and W are read once per tile, not per logit
+                headline=True,
             ),
             Variant(
                 "bf16-uint8",
                 _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=True),
                 _linear_chunk_flags(sparse=False, dtype="*bf16", weights=False),
+                bytes_per_element=3,  # uint8 target read, bf16 G written
             ),
             Variant(
                 "bf16-uint8-weighted",
                 _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=True),
                 _linear_chunk_flags(sparse=False, dtype="*bf16", weights=True),
+                bytes_per_element=3,  # the weights are (L,) views
             ),
             Variant(
                 "fp16-sparse-row-scale",
                 _linear_chunk_args("*fp16", 8192, 768, 4096, dense_target=False),
                 _linear_chunk_flags(sparse=True, dtype="*fp16", weights=False, HAS_ROW_SCALE=True),
+                bytes_per_element=2,
             ),
             Variant(
                 "fp32-tf32-sparse",
                 _linear_chunk_args("*fp32", 8192, 768, 2048, dense_target=False),
                 _linear_chunk_flags(sparse=True, dtype="*fp32", weights=False),
+                bytes_per_element=4,
             ),
         ],
-        lambda config, flags: dict(config.kwargs),
+        lambda config, args, flags: dict(config.kwargs),
+        model="gemm",
     ),
-    "linear_soft_margin_tiled": (
+    "linear_soft_margin_tiled": Kernel(
         linear_soft_margin_tiled_kernel,
         tiled_configs,
         [
@@ -277,9 +323,12 @@ KERNELS = {
                 "bf16-sparse",
                 _linear_tiled_args("*bf16", 8192, 768, 670091),
                 dict(HAS_BIAS=True, DOT_PRECISION="ieee", DOT_IN_FP32=False),
+                bytes_per_element=0,  # dE, dW and db by atomics: no per-logit traffic of its own
+                headline=True,
             )
         ],
-        lambda config, flags: dict(config.kwargs),
+        lambda config, args, flags: dict(config.kwargs),
+        model=None,
     ),
 }
 
@@ -317,14 +366,18 @@ def cuobjdump_path() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def resource_usage(cubin: bytes) -> tuple[int, int]:
-    """(registers per thread, stack frame bytes per thread) of the one kernel in a cubin."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        report = subprocess.run(
-            [cuobjdump_path(), "-res-usage", file.name], capture_output=True, text=True, check=True
+        return subprocess.run(
+            [cuobjdump_path(), flag, file.name], capture_output=True, text=True, check=True
         ).stdout
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack frame bytes per thread) of the one kernel in a cubin."""
+    report = _cuobjdump(cubin, "-res-usage")
     match = re.search(r"REG:(\d+) STACK:(\d+)", report)
     if match is None:
         raise RuntimeError(f"cuobjdump printed no resource usage:\n{report}")
@@ -339,23 +392,83 @@ def mma_kind(ptx: str) -> str:
     return "none"
 
 
+def _gemm_operand(variant: Variant) -> str:
+    dtype = variant.args["E"]
+    return "tf32" if dtype == "*fp32" else dtype[1:]
+
+
+def cost_model(
+    kernel: Kernel, variant: Variant, config: triton.Config, constexprs: dict, sass: str, ctas: int
+) -> dict:
+    """The per-element counts of one compiled config and the throughput they allow on each modelled GPU
+    (bench/sass_model.py); empty for a kernel without a model."""
+    if kernel.model is None:
+        return {}
+    instructions = sass_model.parse_sass(sass)
+    threads = 32 * config.num_warps
+    if kernel.model == "memory":
+        body, rare, unrolled = sass_model.steady_loop(instructions)
+        # A loop trip covers one TILE; an unrolled kernel its program's whole span of BLOCK_R rows.
+        program_elements = constexprs["BLOCK_R"] * constexprs["SPAN"] if unrolled else config.kwargs["TILE"]
+        elements_per_thread = program_elements / threads
+    else:
+        body, rare = sass_model.epilogue(instructions)
+        tile_elements = config.kwargs["BLOCK_B"] * config.kwargs["BLOCK_L"]
+        elements_per_thread = tile_elements / threads
+    counts = sass_model.Counts.of(body, rare)
+    per_element = counts.instructions / elements_per_thread
+    mufu_per_element = counts.mufu / elements_per_thread
+    row = {
+        "elements_per_thread": elements_per_thread,
+        "instructions_per_element": round(per_element, 2),
+        "mufu_per_element": round(mufu_per_element, 3),
+        "load_bits": "+".join(map(str, counts.load_bits)),
+        "store_bits": "+".join(map(str, counts.store_bits)),
+        "rare_instructions": counts.rare_instructions,
+        "bytes_per_element": variant.bytes_per_element,
+    }
+    for gpu in sass_model.GPUS:
+        if kernel.model == "memory":
+            bound, limiter = sass_model.memory_bound_kernel(
+                gpu, variant.bytes_per_element, per_element, mufu_per_element
+            )
+        else:
+            bound, limiter, row["epilogue_clocks"], row["mma_clocks"] = sass_model.gemm_epilogue_kernel(
+                gpu,
+                tile_elements,
+                variant.args["D"],
+                _gemm_operand(variant),
+                per_element,
+                ctas,
+                variant.bytes_per_element,
+            )
+        row[f"bound_elements_per_s_{gpu.name}"] = float(f"{bound:.4g}")
+        row[f"limiter_{gpu.name}"] = limiter
+    return row
+
+
 def compile_rows(arch: int, kernels: list[str], headline: bool) -> list[dict]:
     target = GPUTarget("cuda", arch, 32)
     jobs = [
         (name, variant, config)
         for name in kernels
-        for variant in KERNELS[name][2][: 1 if headline else None]
-        for config in KERNELS[name][1]()
+        for variant in KERNELS[name].variants
+        if variant.headline or not headline
+        for config in KERNELS[name].configs()
     ]
     rows = []
     for name, variant, config in tqdm(jobs, desc=f"compiling for sm_{arch}", unit="kernel"):
-        fn, _, _, config_constexprs = KERNELS[name]
-        constexprs = {**variant.constexprs, **config_constexprs(config, variant.constexprs)}
-        signature, constants, attrs = specialize(fn, variant.args, constexprs)
+        kernel = KERNELS[name]
+        config_constexprs = kernel.config_constexprs(config, variant.args, variant.constexprs)
+        constexprs = {**variant.constexprs, **config_constexprs}
+        signature, constants, attrs = specialize(kernel.fn, variant.args, constexprs)
         options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-        compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=target, options=options)
+        source = ASTSource(kernel.fn, signature, constants, attrs)
+        compiled = triton.compile(source, target=target, options=options)
         registers, stack = resource_usage(compiled.asm["cubin"])
         shared = compiled.metadata.shared
+        ctas = sass_model.ctas_per_sm(registers, 32 * config.num_warps, shared)
+        sass = _cuobjdump(compiled.asm["cubin"], "-sass")
         rows.append(
             {
                 "kernel": name,
@@ -368,6 +481,8 @@ def compile_rows(arch: int, kernels: list[str], headline: bool) -> list[dict]:
                 "shared_bytes": shared,
                 "fits_shared": shared <= MAX_SHARED_BYTES.get(arch, MAX_SHARED_BYTES[90]),
                 "mma": mma_kind(compiled.asm["ptx"]),
+                "ctas_per_sm": ctas,
+                **cost_model(kernel, variant, config, constexprs, sass, ctas),
             }
         )
     return rows
@@ -377,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability × 10 (default 90: sm_90a)")
     parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
-    parser.add_argument("--headline", action="store_true", help="only each kernel's first variant")
+    parser.add_argument("--headline", action="store_true", help="only the headline variants")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "resources")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
