@@ -266,9 +266,7 @@ def _local_call(
         """The operand's columns of this shard as a (rows, L_r) view: no copy."""
         if operand is None:
             return None
-        if operand.dim() > 0 and operand.shape[-1] == num_labels:
-            operand = operand[..., label_start:stop]
-        given = tuple(operand.shape)
+        given = tuple(operand.shape)  # for the message: the shape the caller passed, not the shard's
         if operand.dim() > 0 and operand.shape[-1] == num_labels:
             operand = operand[..., label_start:stop]
         view = _rows_view(operand, shard_shape, shard_labels)

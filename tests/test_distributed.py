@@ -8,6 +8,7 @@ minute, so a rank left waiting fails the test instead of hanging it.
 import datetime
 import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -266,6 +267,9 @@ def _check_bad_calls(rank: int, world: int) -> None:
     expected = (AttributeError, "device") if rank == last else (ValueError, f"rank {last}:")
     with pytest.raises(expected[0], match=expected[1]):
         call(pos_weight=2.0 if rank == last else None)  # not a tensor: any local error reaches every rank
+    # The message names the shape the caller passed, (ROWS, LABELS), not this rank's slice of it.
+    with pytest.raises(NotImplementedError, match=re.escape(f"label_weight of shape {(ROWS, LABELS)}: ")):
+        call(label_weight=torch.rand(ROWS, LABELS), data_parallel=True)  # varies by row: refused
     with pytest.raises(ValueError, match="ranks disagree on graph"):  # only some ranks would backpropagate
         call(w=weight[start:stop].requires_grad_(rank == 0))
     loss = call()
