@@ -5,6 +5,8 @@ directories load."""
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -55,6 +57,10 @@ def test_trainer_learns_far_beyond_label_frequency(tmp_path):
     assert all(0 < value <= 1 for value in metrics.values()), metrics
     assert summary["train_points"] == 1554 and summary["num_labels"] == 3993
     assert summary["seconds_per_epoch"] > 0 and summary["peak_memory_mb"] > 0
+    # What ran: bf16 autocast and the kernels on CUDA; on a CPU neither ("auto" backend).
+    assert summary["config"]["autocast"] is (DEVICE == "cuda")
+    cpu_path = "plain-torch chunk loop (no Triton kernel)"
+    assert summary["loss_path"] == ("Triton kernels" if DEVICE == "cuda" else cpu_path)
 
     log = pd.read_csv(tmp_path / "log.csv")
     assert set(log.split) == {"train", "test"}
@@ -143,3 +149,17 @@ def test_bad_arguments_fail_before_training(tmp_path, args, match):
     with pytest.raises(ValueError, match=match):
         run(tmp_path, *args)
     assert not (tmp_path / "log.csv").exists()
+
+
+def test_help_runs_and_a_missing_extra_names_the_install_line():
+    command = [sys.executable, "-m", "softmargin_triton.xmc.train", "--help"]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "--dataset" in shown.stdout, shown.stderr
+    for missing in ("tqdm", "pandas", "matplotlib"):  # None in sys.modules: the import fails as if absent
+        code = f"import sys, runpy; sys.modules[{missing!r}] = None; sys.argv[1:] = ['--help']; "
+        code += "runpy.run_module('softmargin_triton.xmc.train', run_name='__main__')"
+        failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert failed.returncode != 0
+        last = failed.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"ImportError: the XMC trainer needs {missing}"), failed.stderr
+        assert 'pip install "softmargin-triton[xmc]"' in last, failed.stderr

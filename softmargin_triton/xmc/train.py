@@ -10,7 +10,8 @@ plain-torch path), evaluates P@k, nDCG@k and PSP@k on the test split every `--ev
 writes into `--out`: log.csv (long format: one row per split, epoch, step and metric), curves.png,
 summary.json and checkpoint.pt (`--resume` continues from it, with the same settings but for --epochs,
 --eval-every, --device and --out). summary.json's time per epoch leaves out the first epoch, which also
-compiles and autotunes the kernels.
+compiles and autotunes the kernels; its config records autocast as it ran (off on a CPU) and `loss_path`
+the code that computed the loss. Needs the xmc extra: `pip install "softmargin-triton[xmc]"`.
 """
 
 import argparse
@@ -23,11 +24,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
-from tqdm import tqdm
+
+try:  # the xmc extra's packages (matplotlib.pyplot is imported where curves.png is drawn)
+    import matplotlib
+    import pandas as pd
+    from tqdm import tqdm
+except ImportError as error:
+    raise ImportError(
+        f"the XMC trainer needs {error.name or error}, which the package's core install leaves out: "
+        'pip install "softmargin-triton[xmc]" (or pip install -e ".[xmc]" in a checkout)'
+    ) from error
 
 import softmargin_triton
+from softmargin_triton.backend import use_triton_for
 from softmargin_triton.xmc.data import PRESETS, XMCDataset, batches, read_xc, read_xc_split, synthetic
 from softmargin_triton.xmc.metrics import ndcg_at_k, precision_at_k, propensity, psp_at_k
 from softmargin_triton.xmc.model import XMCModel
@@ -127,9 +137,16 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
-def _plot(log: pd.DataFrame, baseline: dict[str, float], title: str, path: Path) -> None:
-    import matplotlib
+def _loss_path(loss: str, device: torch.device) -> str:
+    """Which code computes the training loss on `device` under the current backend."""
+    if loss == "torch":
+        return "eager F.linear + torch MultiLabelSoftMarginLoss"
+    if not use_triton_for(torch.empty(0, device=device)):
+        return "plain-torch chunk loop (no Triton kernel)"
+    return "Triton kernels" + (" (CPU interpreter)" if device.type == "cpu" else "")
 
+
+def _plot(log: pd.DataFrame, baseline: dict[str, float], title: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -250,11 +267,13 @@ def train(config: TrainConfig) -> dict:
     log = pd.DataFrame(records)
     final = log[(log.split == "test") & (log.epoch == log.epoch.max())]
     summary = dict(
-        config=dataclasses.asdict(config),
+        # What ran, not what was asked: autocast only on CUDA (the checkpoint keeps the setting as given).
+        config=dict(dataclasses.asdict(config), autocast=use_autocast),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         torch=torch.__version__,
         softmargin_triton=softmargin_triton.__version__,
         backend=softmargin_triton.current_backend(),
+        loss_path=_loss_path(config.loss, device),  # the code that computed the training loss
         num_labels=train_set.num_labels,
         num_features=train_set.num_features,
         train_points=train_set.num_points,
