@@ -156,7 +156,9 @@ def linear_soft_margin_tiled_kernel(
     )
 
     tile_start = pid_l.to(tl.int64) * BLOCK_L
-    first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
+    first, inside = positives_in_range(
+        INDPTR, INDPTR + 1, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L
+    )
     y = mark_positives(INDICES, first, inside, labels, BLOCK_B, BLOCK_L, tl.float32)
     loss, grad = sigmoid_bce(x, y, 1.0, True, False, True)
     # Padding rows and labels have logits 0, whose gradient 1/2 would otherwise reach db.

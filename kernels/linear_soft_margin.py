@@ -103,7 +103,8 @@ def linear_soft_margin_chunk_kernel(
     W,
     BIAS,
     Y,
-    INDPTR,
+    POSITIVES_START,
+    POSITIVES_STOP,
     INDICES,
     LW,
     PW,
@@ -149,8 +150,9 @@ def linear_soft_margin_chunk_kernel(
              shard reads the full batch's positives without relabelling them.
     BIAS:    (L,) E's dtype, any stride; read if HAS_BIAS.
     Y:       (B, L) dense targets (float, integer or bool, any strides); read unless SPARSE_TARGET.
-    INDPTR:  (B+1,) int64 and INDICES (nnz,) int32/int64: each row's positive label ids, sorted; read if
-             SPARSE_TARGET.
+    INDICES: (nnz,) int32/int64 positive label ids, each row's sorted; row b's positives whose ids lie in
+             this chunk are INDICES[POSITIVES_START[b]:POSITIVES_STOP[b]], both (B,) int64 (so a tile scans
+             the chunk's few, not the row's all). Read if SPARSE_TARGET.
     LW, PW:  (B, L) broadcast views of the label weight and pos_weight, float; read if HAS_*.
     ROW_SCALE: (B,) contiguous float32 per-row gradient factor (a recomputing backward's grad_output);
              read if HAS_ROW_SCALE.
@@ -225,7 +227,9 @@ def linear_soft_margin_chunk_kernel(
         # difference of the two sums would cancel where the row is fit well), and its gradient -p·σ(-x)
         # overwrites the stored σ(x): both in fp32 from the tile's own logit.
         tile_start = label_id_offset + label_start + pid_l * BLOCK_L
-        first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L)
+        first, inside = positives_in_range(
+            POSITIVES_START, POSITIVES_STOP, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L
+        )
         if WRITE_GRAD:
             tl.debug_barrier()  # the tile's stores above land before a positive's overwrites them
         for j in tl.range(0, tl.max(inside, axis=0)):

@@ -9,7 +9,10 @@ buffer); the tile TILE = BLOCK_R × BLOCK_C is autotuned, so small C packs sever
 
 Sparse targets (each row's positive label ids, sorted, in compressed rows) replace the target read: a
 program first finds, per row, the positives that fall in its span (a scan of the row's few ids), then marks
-them in each tile by comparing ids — so positives get their exact loss and gradient in the same pass.
+them in each tile by comparing ids — so positives get their exact loss and gradient in the same pass. A span
+without positives, most of them in a huge label space, computes every label as a negative.
+
+The elementwise math is kernels/sigmoid_bce.py's; where every tile is full (EVEN) nothing is masked.
 """
 
 import triton
@@ -72,13 +75,14 @@ def store_tile(ptrs, values, mask, EVEN: tl.constexpr):
 
 
 @triton.jit
-def positives_in_range(INDPTR, INDICES, rows, row_mask, lo, hi):
-    """Each row's positives with label ids in [lo, hi): the sorted ids [first, first + inside) of its row.
+def positives_in_range(STARTS, STOPS, INDICES, rows, row_mask, lo, hi):
+    """Each row's positives with label ids in [lo, hi): the sorted ids [first, first + inside) of INDICES.
 
-    One scan over the rows' few ids (~2–40 in XMC data) per program; int64 (BLOCK_R,) results.
+    Row r's candidates are INDICES[STARTS[r]:STOPS[r]], sorted (a compressed row pointer gives STARTS =
+    INDPTR, STOPS = INDPTR + 1); one scan over a row's few ids per program; int64 (BLOCK_R,) results.
     """
-    row_start = tl.load(INDPTR + rows, mask=row_mask, other=0)
-    row_count = tl.load(INDPTR + rows + 1, mask=row_mask, other=0) - row_start
+    row_start = tl.load(STARTS + rows, mask=row_mask, other=0)
+    row_count = tl.load(STOPS + rows, mask=row_mask, other=0) - row_start
     before = tl.zeros_like(row_start)
     inside = tl.zeros_like(row_start)
     for j in tl.range(0, tl.max(row_count, axis=0)):
@@ -164,7 +168,7 @@ def soft_margin_forward_kernel(
     span_start = span_id.to(tl.int64) * SPAN  # int64: one row may pass 2^31 elements
     span_end = tl.minimum(span_start + SPAN, C)
     if SPARSE_TARGET:
-        first, inside = positives_in_range(INDPTR, INDICES, rows, row_mask, span_start, span_end)
+        first, inside = positives_in_range(INDPTR, INDPTR + 1, INDICES, rows, row_mask, span_start, span_end)
         # Most spans of a huge label space hold no positive: theirs is every label's negative loss.
         span_has_positives = tl.max(inside, axis=0) > 0
     acc = tl.zeros([BLOCK_R, BLOCK_C], COMPUTE_DTYPE)

@@ -72,12 +72,26 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def _positive_keys(indptr: Tensor, indices: Tensor) -> tuple[Tensor, int]:
+    """(keys, stride): each positive's row·stride + label id, (nnz,) int64, sorted as SparseTargets' rows
+    and ids are, with stride a power of two above every id and row·stride below 2^62 (ids < 2^31)."""
+    stride = 1 << (62 - (indptr.numel() - 1).bit_length())
+    return positive_rows(indptr, indices.numel()) * stride + indices, stride
+
+
+def _positives_within(keys: Tensor, stride: int, rows: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    """(start, stop), (rows,) int64 each: row r's positives with ids in [lo, hi) are indices[start:stop]."""
+    first_key = torch.arange(rows, device=keys.device) * stride
+    bounds = torch.searchsorted(keys, torch.stack((first_key + lo, first_key + hi), dim=1))
+    return bounds[:, 0].contiguous(), bounds[:, 1].contiguous()
+
+
 def _chunk_triton(
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor | None,
-    indptr: Tensor | None,
+    positive_keys: tuple[Tensor, int] | None,
     indices: Tensor | None,
     label_weight: Tensor | None,
     pos_weight: Tensor | None,
@@ -90,9 +104,15 @@ def _chunk_triton(
 ) -> Tensor:
     """Labels [start, stop) through the chunk kernel, which indexes the full (L, ·) operands itself:
     writes `grad` (rows, stop - start) if given and returns the rows' loss over the chunk, (rows,) fp32.
-    Sparse positives are numbered from `label_offset` at weight's row 0; the loss is for out_dtype."""
+    Sparse positives (`indices` and their _positive_keys) are numbered from `label_offset` at weight's
+    row 0; the loss is for out_dtype."""
     rows, dim = input.shape
     labels = stop - start
+    positives_start = positives_stop = None
+    if positive_keys is not None:
+        positives_start, positives_stop = _positives_within(
+            *positive_keys, rows, label_offset + start, label_offset + stop
+        )
     partial = torch.zeros(
         (rows, triton.cdiv(labels, kernels.MIN_BLOCK_L)), dtype=torch.float32, device=input.device
     )
@@ -102,7 +122,8 @@ def _chunk_triton(
         weight,
         unused if bias is None else bias,
         unused if target is None else target,
-        unused if indptr is None else indptr,
+        unused if positives_start is None else positives_start,
+        unused if positives_stop is None else positives_stop,
         unused if indices is None else indices,
         unused if label_weight is None else label_weight,
         unused if pos_weight is None else pos_weight,
@@ -212,6 +233,7 @@ def linear_soft_margin_forward(
     )
     grad_buffer = input.new_empty((rows, chunk)) if with_grad and use_triton else None
     rows_of_positives = None if indptr is None or use_triton else positive_rows(indptr, indices.numel())
+    positive_keys = None if indptr is None or not use_triton else _positive_keys(indptr, indices)
     for start in range(0, num_labels, chunk):
         stop = min(start + chunk, num_labels)
         if use_triton:
@@ -221,7 +243,7 @@ def linear_soft_margin_forward(
                 weight,
                 bias,
                 target,
-                indptr,
+                positive_keys,
                 indices,
                 label_weight,
                 pos_weight,
