@@ -7,19 +7,32 @@ dtype: <sweep>_sweep_<metric>_<dtype>.png, log-x over the swept L (B in the batc
 sweeps: a panel per target dtype, a line per provider. Sparse sweep: one panel, a line per (provider,
 target). Linear sweep: a panel per (B, D), a line per (provider, target). Then REPORT.md per folder
 (bench/report.py).
+
+Lines that coincide (the target memory of providers given the same target, say) stay visible: each line has
+its own marker and dash pattern, the later ones drawn thinner and smaller on top, and a panel whose lines
+coincide says which under its title. In the time plots a point that report.outliers flags (a median outside
+its own band, or a time more than 10× off its neighbours along its line) is ringed in red and listed under
+the figure, as in REPORT.md's "Flagged points".
 """
 
 import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import pandas as pd
-from matplotlib.lines import Line2D
-from report import write_report  # bench/report.py, next to this script
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.lines import Line2D
+except ImportError as error:
+    raise ImportError(
+        f"bench/ needs {error.name or error}, which the package's core install leaves out: "
+        'pip install -e ".[bench]"'
+    ) from error
+import numpy as np
+from report import outliers, write_report  # bench/report.py, next to this script
 
 METRICS = {
     "time": ("fwd+bwd time (ms)", True),
@@ -30,6 +43,27 @@ METRICS = {
     "gemm_roofline": ("% of the 3-GEMM floor", False),
 }
 X_LABELS = {"labels": "labels L", "batch": "batch B"}
+MARKERS = "osD^vPX*"
+DASHES = ("-", "--", "-.", ":")
+
+
+def coinciding(lines: dict[str, pd.DataFrame]) -> list[list[str]]:
+    """Groups of 2+ line names whose medians agree within 2% at the same sizes (sorted by x); lines with
+    no value (peak memory without CUDA) are left out."""
+    groups: list[list[str]] = []
+    for name, line in lines.items():
+        if line["y_50"].isna().all():
+            continue
+        for group in groups:
+            other = lines[group[0]]
+            if list(other["x_value"]) == list(line["x_value"]) and np.allclose(
+                other["y_50"], line["y_50"], rtol=0.02, equal_nan=True
+            ):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [group for group in groups if len(group) > 1]
 
 
 def layout(kernel: str, x_name: str, provider: str, config: dict) -> tuple[str, str, str]:
@@ -63,27 +97,53 @@ def plot_csv(path: Path) -> list[Path]:
         label, log_y = METRICS[metric]
         panels = group.groupby("panel", sort=False)  # in the sweep's order: targets or (B, D) as given
         names = sorted(set(group["line"]))
-        colors = {name: f"C{i}" for i, name in enumerate(names)}  # one color per line across the panels
+        # One color, marker and dash pattern per line across the panels: lines that coincide stay apart.
+        styles = {
+            name: dict(color=f"C{i}", marker=MARKERS[i % len(MARKERS)], ls=DASHES[i % len(DASHES)])
+            for i, name in enumerate(names)
+        }
         fig, axes = plt.subplots(
             1, len(panels), figsize=(1.4 + 4.6 * len(panels), 4.2), sharey=True, squeeze=False
         )
-        for ax, (panel, lines) in zip(axes[0], panels, strict=True):
-            for name, line in lines.groupby("line"):
-                line = line.sort_values("x_value")
-                ax.plot(line["x_value"], line["y_50"], marker="o", color=colors[name])
+        flagged = []
+        for ax, (panel, rows) in zip(axes[0], panels, strict=True):
+            lines = {name: line.sort_values("x_value") for name, line in rows.groupby("line")}
+            for order, (name, line) in enumerate(lines.items()):
+                # later lines thinner, with smaller markers, on top: a line beneath shows around them
+                ax.plot(
+                    line["x_value"],
+                    line["y_50"],
+                    **styles[name],
+                    lw=max(2.4 - 0.4 * order, 0.8),
+                    ms=max(9 - 1.5 * order, 3),
+                    mfc="none" if order % 2 else styles[name]["color"],
+                    zorder=2 + order,
+                )
                 if line["y_20"].notna().all():
                     ax.fill_between(
-                        line["x_value"], line["y_20"], line["y_80"], color=colors[name], alpha=0.2
+                        line["x_value"], line["y_20"], line["y_80"], color=styles[name]["color"], alpha=0.15
                     )
+                if metric == "time":
+                    for index, why in outliers(line).items():
+                        point = line.loc[index]
+                        ax.plot(point["x_value"], point["y_50"], "o", ms=16, mfc="none", mec="red", mew=1.5)
+                        where = f"{panel}: " if panel else ""
+                        flagged.append(f"{where}{name} at {int(point['x_value'])}: {why}")
+            same = coinciding(lines)
+            note = "\n".join("coincide: " + " = ".join(group) for group in same)
+            ax.set_title(panel + ("\n" if panel and note else "") + note, fontsize=10 if not note else 8)
             ax.set_xscale("log", base=2)
             if log_y:
                 ax.set_yscale("log")
-            ax.set_title(panel, fontsize=10)
             ax.set_xlabel(X_LABELS[x_name])
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel(label)
-        handles = [Line2D([], [], color=colors[name], marker="o", label=name) for name in names]
+        handles = [Line2D([], [], **styles[name], label=name) for name in names]
+        if flagged:
+            handles.append(Line2D([], [], ls="", marker="o", ms=12, mfc="none", mec="red", label="flagged"))
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+        if flagged:
+            fig.text(0.01, -0.02, "Flagged (distrust):\n" + "\n".join(flagged), fontsize=7, va="top")
         first = group.iloc[0]
         fig.suptitle(f"{kernel}, fwd+bwd — {first['gpu_name']}\n{first['subtitle']}")
         fig.tight_layout()

@@ -25,7 +25,13 @@ import json
 import re
 from pathlib import Path
 
-import pandas as pd
+try:
+    import pandas as pd
+except ImportError as error:
+    raise ImportError(
+        f"bench/ needs {error.name or error}, which the package's core install leaves out: "
+        'pip install -e ".[bench]"'
+    ) from error
 
 HEADLINE_DTYPE = "bf16"
 HEADLINE_LABELS = {"dense": 131072, "sparse": 670091, "linear": 670091}
@@ -101,27 +107,38 @@ def _spread(frame, provider, target, x, mode="full") -> str:
     return f"{_number(row['y_50'])} [{_number(row['y_20'])}–{_number(row['y_80'])}]"
 
 
-def dense_section(full: pd.DataFrame) -> list[str]:
+def _goal(text: str, goals: bool) -> str:
+    """A GPU goal's text where the run was on a GPU; nothing beside a CPU's figures, which it does not fit."""
+    return text if goals else ""
+
+
+def dense_section(full: pd.DataFrame, goals: bool = True) -> list[str]:
     x = _headline_x(full, "dense")
     ours = _value(full, OURS, "uint8", x)
     bandwidth = _value(full, OURS, "uint8", x, "roofline")
     compiled = _value(full, "torch-mlsm-compile", "uint8", x)
     first = full.iloc[0]
+    rows = [
+        ("ours, time (ms)", _number(ours), ""),
+        ("ours, % of copy bandwidth", _number(bandwidth), "≥ 90"),
+        ("speed-up vs eager MLSM", _ratio(_value(full, "torch-mlsm", "uint8", x), ours), "≥ 10×"),
+        ("speed-up vs eager BCE", _ratio(_value(full, "torch-bce", "uint8", x), ours), ""),
+        ("speed-up vs torch.compile(MLSM)", _ratio(compiled, ours), "≥ 1.6×"),
+    ]
     return [
         f"### Dense targets — fwd+bwd, B={first['batch']}, L={x}, {first['dtype']} logits, uint8 targets",
         "",
-        "| metric | value | goal |",
-        "|---|---|---|",
-        f"| ours, time (ms) | {_number(ours)} | |",
-        f"| ours, % of copy bandwidth | {_number(bandwidth)} | ≥ 90 |",
-        f"| speed-up vs eager MLSM | {_ratio(_value(full, 'torch-mlsm', 'uint8', x), ours)} | ≥ 10× |",
-        f"| speed-up vs eager BCE | {_ratio(_value(full, 'torch-bce', 'uint8', x), ours)} | |",
-        f"| speed-up vs torch.compile(MLSM) | {_ratio(compiled, ours)} | ≥ 1.6× |",
+        "| metric | value | goal (GPU) |" if goals else "| metric | value |",
+        "|---|---|---|" if goals else "|---|---|",
+        *(
+            f"| {name} | {value} | {goal} |" if goals else f"| {name} | {value} |"
+            for name, value, goal in rows
+        ),
         "",
     ]
 
 
-def batch_section(full: pd.DataFrame) -> list[str]:
+def batch_section(full: pd.DataFrame, goals: bool = True) -> list[str]:
     first = full.iloc[0]
     lines = [
         f"### Dense targets against the batch — fwd+bwd, L={first['labels']}, {first['dtype']} logits, "
@@ -143,38 +160,58 @@ def batch_section(full: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
-def sparse_section(full: pd.DataFrame) -> list[str]:
+def _positives_per_row(full: pd.DataFrame, x) -> float | None:
+    """The mean positives per row of the targets sampled at L=x, as the CSV records them."""
+    if "positives_per_row" not in full:
+        return None
+    values = full.loc[full["x_value"] == x, "positives_per_row"].dropna()
+    return float(values.iloc[0]) if len(values) else None
+
+
+def sparse_section(full: pd.DataFrame, goals: bool = True) -> list[str]:
     first = full.iloc[0]
     dtype = first["dtype"]
+    sampled = pd.to_numeric(full.get("positives_per_row", pd.Series(dtype=float)), errors="coerce").dropna()
+    if sampled.empty:
+        positives = "Zipf positives (the CSV does not record how many)"
+    elif sampled.min() == sampled.max():
+        positives = f"{sampled.min():.3g} Zipf positives per row (as sampled)"
+    else:
+        positives = f"{sampled.min():.3g}–{sampled.max():.3g} Zipf positives per row (as sampled, by L)"
     lines = [
-        f"### Sparse targets — fwd+bwd, B={first['batch']}, {dtype} logits, ~5.45 Zipf positives per row",
+        f"### Sparse targets — fwd+bwd, B={first['batch']}, {dtype} logits, {positives}",
         "",
-        "| L | ours sparse (ms) | % of copy bandwidth (goal ≥ 90) | speed-up vs ours on uint8 dense | "
-        "vs eager MLSM | vs eager BCE | target MB sparse / dense |",
-        "|---|---|---|---|---|---|---|",
+        "Ours on `SparseTargets` against ours on the dense uint8 target (speed-up and target size side by "
+        f"side), then against eager torch on the dense {dtype} target.",
+        "",
+        f"| L | positives / row | ours sparse (ms) | % of copy bandwidth{_goal(' (GPU goal ≥ 90)', goals)} | "
+        "speed-up vs ours on the uint8 dense target | target MB: sparse / uint8 dense | "
+        f"vs eager MLSM ({dtype} target) | vs eager BCE ({dtype} target) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for x in sorted(set(full["x_value"])):
         ours = _value(full, OURS, "sparse", x)
         bandwidth = _value(full, OURS, "sparse", x, "roofline")
         lines.append(
-            f"| {x} | {_number(ours)} | {_number(bandwidth)} | "
+            f"| {x} | {_number(_positives_per_row(full, x))} | {_number(ours)} | {_number(bandwidth)} | "
             f"{_ratio(_value(full, OURS, 'uint8', x), ours)} | "
-            f"{_ratio(_value(full, 'torch-mlsm', dtype, x), ours)} | "
-            f"{_ratio(_value(full, 'torch-bce', dtype, x), ours)} | "
             f"{_number(_value(full, OURS, 'sparse', x, 'target_memory'))} / "
-            f"{_number(_value(full, 'torch-mlsm', dtype, x, 'target_memory'))} |"
+            f"{_number(_value(full, OURS, 'uint8', x, 'target_memory'))} | "
+            f"{_ratio(_value(full, 'torch-mlsm', dtype, x), ours)} | "
+            f"{_ratio(_value(full, 'torch-bce', dtype, x), ours)} |"
         )
     return [*lines, ""]
 
 
-def linear_section(full: pd.DataFrame) -> list[str]:
+def linear_section(full: pd.DataFrame, goals: bool = True) -> list[str]:
     x = _headline_x(full, "linear")
     dtype = full["dtype"].iloc[0]
     lines = [
         f"### Fused linear + loss — fwd+bwd, L={x}, {dtype}, sparse targets",
         "",
-        "| shape | ours (ms) | time / 3-GEMM floor (goal ≤ 1.25) | speed-up vs eager (goal ≥ 3×) | "
-        "vs torch.compile (goal ≥ 1.5×) | vs chunked torch loop |",
+        f"| shape | ours (ms) | time / 3-GEMM floor{_goal(' (GPU goal ≤ 1.25)', goals)} | "
+        f"speed-up vs eager{_goal(' (GPU goal ≥ 3×)', goals)} | "
+        f"vs torch.compile{_goal(' (GPU goal ≥ 1.5×)', goals)} | vs chunked torch loop |",
         "|---|---|---|---|---|---|",
     ]
     for (batch, dim), group in full.groupby(["batch", "dim"]):
@@ -226,6 +263,77 @@ def detail_section(frame: pd.DataFrame, sweep: str) -> list[str]:
             f"| {error['provider']} | error ({error['mode']}, x={error['x_value']}) | {error['error']} |"
         )
     return [*lines, ""]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Points to distrust: flagged in the plots and listed in REPORT.md
+# ---------------------------------------------------------------------------------------------------------
+
+# A time may fall as the problem grows, or grow faster than it, by at most this factor between two sizes
+# next to each other in a sweep; beyond it a point is flagged (on a shared CPU: a throttled or interrupted
+# measurement).
+OUTLIER_FACTOR = 10.0
+
+
+def outliers(line: pd.DataFrame) -> dict[int, str]:
+    """Index → why, for the points of one line (one provider, target and dtype; rows of one metric, sorted
+    or not) that are off: a median outside its own [20th, 80th] percentile band, or a time that falls by
+    more than OUTLIER_FACTOR from the next smaller size, or grows more than OUTLIER_FACTOR × the size ratio,
+    on every side it has a neighbour."""
+    line = line.sort_values("x_value")
+    flagged = {}
+    for index, row in line.iterrows():
+        low, high = row.get("y_20"), row.get("y_80")
+        if pd.notna(low) and pd.notna(high) and not low * 0.99 <= row["y_50"] <= high * 1.01:
+            flagged[index] = (
+                f"median {_number(row['y_50'])} outside its band [{_number(low)}, {_number(high)}]"
+            )
+    x, y = line["x_value"].to_numpy(float), line["y_50"].to_numpy(float)
+    off = [
+        not (y[i + 1] >= y[i] / OUTLIER_FACTOR and y[i + 1] <= y[i] * OUTLIER_FACTOR * x[i + 1] / x[i])
+        for i in range(len(line) - 1)
+    ]
+    for i, index in enumerate(line.index):
+        sides = [off[j] for j in (i - 1, i) if 0 <= j < len(off)]
+        if sides and all(sides) and index not in flagged:
+            neighbours = ", ".join(
+                f"{_number(y[j])} at {int(x[j])}" for j in (i - 1, i + 1) if 0 <= j < len(line)
+            )
+            flagged[index] = (
+                f"{_number(y[i])} is more than {OUTLIER_FACTOR:g}× off its neighbours ({neighbours})"
+            )
+    return flagged
+
+
+def outlier_section(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """Every fwd+bwd time that `outliers` flags, in every sweep and dtype (also ringed in the plots)."""
+    lines = []
+    for sweep, frame in frames.items():
+        rows = _with_config(frame[(frame["mode"] == "full") & (frame["metric"] == "time")])
+        if rows.empty:
+            continue
+        keys = [key for key in ("dtype", "provider", "target_dtype", "batch", "labels", "dim") if key in rows]
+        for _, line in rows.groupby(keys, dropna=False):
+            for index, why in outliers(line).items():
+                row = line.loc[index]
+                lines.append(
+                    f"| {sweep} | {row['dtype']} | {row['provider']} | {row['target_dtype']} | "
+                    f"{row['x_name']}={int(row['x_value'])} | {_number(row['y_50'])} | {why} |"
+                )
+    if not lines:
+        return []
+    return [
+        "### Flagged points",
+        "",
+        "Fwd+bwd times to distrust (ringed in red in the time plots): a median outside its own band, or a "
+        f"time more than {OUTLIER_FACTOR:g}× off the sizes next to it along its line. Rerun before "
+        "quoting them.",
+        "",
+        "| sweep | logits | provider | target | at | ms | why |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -482,7 +590,48 @@ def _sweeps(folder: Path) -> dict[str, pd.DataFrame]:
     }
 
 
+def _on_cpu(frames: dict[str, pd.DataFrame]) -> bool:
+    """Whether the sweeps ran without a GPU (gpu_name "cpu")."""
+    return bool(frames) and str(next(iter(frames.values()))["gpu_name"].iloc[0]) == "cpu"
+
+
+def cpu_section(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """What a CPU run measured: which code 'ours' ran (the CSVs' ours_path column), and that no GPU goal
+    applies."""
+    paths = set()
+    for frame in frames.values():
+        if "ours_path" in frame:
+            paths |= set(frame["ours_path"].dropna().astype(str))
+    if paths == {"plain-torch fallback"}:
+        what = (
+            "here 'ours' (softmargin-triton) is the package's plain-torch fallback, and no Triton kernel "
+            "ran. The tables compare torch code with torch code on this CPU"
+        )
+    elif paths and all("interpreter" in path for path in paths):
+        what = (
+            "here 'ours' ran the Triton kernels under Triton's CPU interpreter, which emulates them in "
+            "numpy to check results, not to be fast"
+        )
+    elif paths:
+        what = f"here 'ours' ran: {'; '.join(sorted(paths))}"
+    else:
+        what = (
+            "the CSVs do not record what 'ours' ran (no ours_path column); under the default backend a CPU "
+            "runs the package's plain-torch fallback, not a Triton kernel"
+        )
+    return [
+        "## Measured on a CPU",
+        "",
+        f"**No GPU: {what}.** These figures say nothing about the kernels on a GPU, so no GPU goal is set "
+        "beside them; '% of copy bandwidth' is of this CPU's copy bandwidth, and the static model of the "
+        "sm_90 kernels predicts nothing for a CPU. The GPU figures come from the same command on a CUDA "
+        "machine (bench/README.md).",
+        "",
+    ]
+
+
 def headline_lines(frames: dict[str, pd.DataFrame], detail: bool) -> list[str]:
+    goals = not _on_cpu(frames)
     lines = []
     for sweep, frame in frames.items():
         x_name, section = SECTIONS[sweep]
@@ -491,7 +640,7 @@ def headline_lines(frames: dict[str, pd.DataFrame], detail: bool) -> list[str]:
         if not len(full):
             lines += [f"### {sweep} sweep — no fwd+bwd measurement: see the CSV", ""]
             continue
-        lines += section(full)
+        lines += section(full, goals)
         if detail and sweep != "batch":
             lines += detail_section(frame, sweep)
     return lines
@@ -542,10 +691,13 @@ def write_report(folder: Path, summary: Path | None = None, resources: Path = RE
         "row: see the CSV).",
         "",
     ]
-    body = [*ceilings_section(folder), *checks_section(folder, detail=True)]
+    on_cpu = _on_cpu(frames)
+    modelled = any(sweep in frames for sweep in ("dense", "sparse", "linear"))  # a CPU gets no prediction
+    body = [*(cpu_section(frames) if on_cpu else []), *ceilings_section(folder)]
+    body += checks_section(folder, detail=True)
     if frames:
-        body += ["## Timings", "", *headline_lines(frames, detail=True)]
-        if any(sweep in frames for sweep in ("dense", "sparse", "linear")):
+        body += ["## Timings", "", *headline_lines(frames, detail=True), *outlier_section(frames)]
+        if modelled:
             body += static_model_section(frames, resources)
     path = folder / "REPORT.md"
     path.write_text("\n".join([*lines, *body, *steps_section(folder)]))
@@ -555,13 +707,14 @@ def write_report(folder: Path, summary: Path | None = None, resources: Path = RE
             "",
             provenance,
             "",
+            *(cpu_section(frames) if on_cpu else []),
             *steps_section(folder),
             *checks_section(folder, detail=False),
             *ceilings_section(folder),
         ]
         if frames:
             short += ["## Headline", "", *headline_lines(frames, detail=False)]
-            if any(sweep in frames for sweep in ("dense", "sparse", "linear")):
+            if modelled:
                 short += static_model_section(frames, resources)
         summary.write_text("\n".join(short))
     return path

@@ -42,7 +42,8 @@ beside the static model's predicted bound.
 Each sweep writes <sweep>_sweep.csv, rewritten every 2 s while it runs (a run cut off keeps what it
 measured): kernel, provider, mode, metric, unit, x_name ("labels", or "batch" in the batch sweep),
 x_value, y_50, y_20, y_80, extra_config (JSON of the fixed parameters: B or L, dtype, target_dtype,
-reduction, min_bytes_per_element, ...), error, copy_bandwidth_gbs, and the machine, versions, commit and
+reduction, min_bytes_per_element, ...), error, copy_bandwidth_gbs, ours_path (what the softmargin-triton
+rows ran: the Triton kernels, or on a CPU the plain-torch fallback), and the machine, versions, commit and
 time. Plot with bench/plot.py.
 """
 
@@ -53,13 +54,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
+try:
+    import pandas as pd
+except ImportError as error:
+    raise ImportError(
+        f"bench/ needs {error.name or error}, which the package's core install leaves out: "
+        'pip install -e ".[bench]"'
+    ) from error
 import torch
 import torch.nn.functional as F
 from linear_tiled import tiled_linear_multilabel_soft_margin_loss  # bench/linear_tiled.py, beside this
 from timing import environment, log, sample_ms, tqdm  # bench/timing.py, beside this
 
 import softmargin_triton as st
+from softmargin_triton.backend import use_triton_for
 
 # The compiled providers get a graph per (logits dtype, target dtype, shape regime: static, dynamic L,
 # dynamic B), up to 3 · 4 · 3 per function, past Dynamo's default limit of 8 (meant for runaway recompiles
@@ -101,6 +109,14 @@ def zipf_targets(batch: int, labels: int, device: str) -> st.SparseTargets:
     padded = torch.multinomial(frequency, batch * width, replacement=True).view(batch, width)
     padded[torch.arange(width, device=device) >= counts[:, None]] = -1
     return st.SparseTargets.from_padded(padded, labels)
+
+
+def ours_path(device: str) -> str:
+    """What the softmargin-triton rows measure on `device` under the current backend (the ours_path column):
+    the Triton kernels, compiled or under Triton's CPU interpreter, or the plain-torch fallback."""
+    if not use_triton_for(torch.empty(0, device=device)):
+        return "plain-torch fallback"
+    return "Triton kernels (CPU interpreter)" if device == "cpu" else "Triton kernels"
 
 
 def target_bytes(target: torch.Tensor | st.SparseTargets) -> int:
@@ -581,7 +597,7 @@ def main() -> None:
         copy_gbs, copy_source = float(copy.iloc[0]), str(args.ceilings)
     else:
         copy_gbs, copy_source = copy_bandwidth_gbs(device), "sweep.py, 256 MiB"
-    common = {**environment(), "copy_bandwidth_gbs": copy_gbs}
+    common = {**environment(), "copy_bandwidth_gbs": copy_gbs, "ours_path": ours_path(device)}
     log(f"copy bandwidth {copy_gbs:.0f} GB/s ({copy_source}) on {common['gpu_name']}")
     args.out.mkdir(parents=True, exist_ok=True)
     for sweep in args.sweeps:

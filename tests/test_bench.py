@@ -135,9 +135,26 @@ def test_sweep_writes_csv_plot_and_report(tmp_path):
         assert re.search(rf"^\| {b} \| [\d.e+-]+ \| [\d.e+-]+ \| {ratio:.2f}× \|", report, re.MULTILINE), (
             report
         )
-    assert "### Sparse targets — fwd+bwd, B=8, bf16 logits" in report
+    # positives per row as the CSV records them, and the sparse target's size beside our uint8 target's
+    sampled = sparse[(sparse["dtype"] == "bf16") & (sparse["metric"] == "time")]["positives_per_row"]
+    positives = (
+        f"{sampled.min():.3g}–{sampled.max():.3g}" if sampled.nunique() > 1 else f"{sampled.min():.3g}"
+    )
+    assert f"### Sparse targets — fwd+bwd, B=8, bf16 logits, {positives} Zipf positives per row" in report
+    assert "5.45" not in report
     sparse_rows = [line for line in report.splitlines() if re.match(r"\| (64|256) \|", line)]
     assert len(sparse_rows) == 2 and all(re.search(r"\| \d+\.\d\d× \|", line) for line in sparse_rows)
+    for line, labels in zip(sparse_rows, LABELS, strict=True):
+        assert f"/ {8 * labels / 2**20:.3g} |" in line, line  # the uint8 dense target: B·L bytes
+    # on a CPU: what ours ran, and no GPU goal beside a CPU's figures
+    cuda = dense["gpu_name"].iloc[0] != "cpu"
+    assert set(dense["ours_path"]) == {"Triton kernels" if cuda else "plain-torch fallback"}
+    if not cuda:
+        assert (
+            "here 'ours' (softmargin-triton) is the package's plain-torch fallback, and no Triton" in report
+        )
+        assert "goal" not in report.split("## Measured on a CPU")[1].split("\n\n", 2)[2], report
+        assert "Note: no prediction for cpu" in report  # no GPU bound beside a CPU's measurement
     assert "### Fused linear + loss — fwd+bwd, L=256, bf16, sparse targets" in report
     for sweep in ("dense", "batch", "sparse", "linear"):
         for dtype in ("fp32", "bf16"):
@@ -313,3 +330,62 @@ def test_static_model_other_gpu_nearest_version_and_wall_time(tmp_path):
         in lines
     )
     assert all(cells[5] == "n/a" for cells in _table(lines).values())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Points to distrust, and what a CPU run says
+# --------------------------------------------------------------------------------------------------------
+
+
+def _line(medians: dict[int, float], bands: dict[int, tuple[float, float]] | None = None) -> pd.DataFrame:
+    bands = bands or {}
+    return pd.DataFrame(
+        [
+            {"x_value": x, "y_50": y, "y_20": bands.get(x, (y, y))[0], "y_80": bands.get(x, (y, y))[1]}
+            for x, y in medians.items()
+        ]
+    )
+
+
+def test_outliers_flag_a_jump_and_a_median_outside_its_band():
+    # linear growth, with a flat start (launch overhead): nothing to flag
+    assert report.outliers(_line({2**10: 0.05, 2**12: 0.05, 2**14: 0.2, 2**16: 0.8, 2**18: 3.2})) == {}
+    # the case: 182 ms at 2^10 on a line that runs 0.8–70 ms elsewhere
+    line = _line({2**10: 182.0, 2**12: 0.8, 2**14: 3.0, 2**16: 12.0, 2**18: 70.0})
+    flagged = report.outliers(line)
+    assert list(flagged) == [0] and "more than 10× off its neighbours (0.8 at 4096)" in flagged[0]
+    # a spike in the middle is flagged; its neighbours, each fine on its other side, are not
+    flagged = report.outliers(_line({2**10: 1.0, 2**12: 4.0, 2**14: 900.0, 2**16: 16.0, 2**18: 64.0}))
+    assert list(flagged) == [2]
+    flagged = report.outliers(_line({64: 1.0, 256: 4.0}, bands={256: (0.5, 3.0)}))
+    assert list(flagged) == [1] and "outside its band" in flagged[1]
+
+
+def test_cpu_report_says_what_ran_and_sets_no_goal(tmp_path):
+    frames = _frames("cpu")
+    for frame in frames.values():
+        frame["ours_path"] = "plain-torch fallback"
+    lines = report.cpu_section(frames)
+    assert any("plain-torch fallback, and no Triton kernel ran" in line for line in lines), lines
+    dense = report.headline_lines({"dense": frames["dense"]}, detail=False)
+    assert dense[2] == "| metric | value |" and not any("goal" in line or "≥" in line for line in dense)
+    on_gpu = report.headline_lines({"dense": _frames("NVIDIA H200")["dense"]}, detail=False)
+    assert (
+        on_gpu[2] == "| metric | value | goal (GPU) |"
+        and "| speed-up vs eager MLSM | n/a | ≥ 10× |" in on_gpu
+    )
+    for frame in frames.values():
+        frame["ours_path"] = "Triton kernels (CPU interpreter)"
+    assert any("under Triton's CPU interpreter" in line for line in report.cpu_section(frames))
+
+
+def test_plot_names_the_lines_that_coincide(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # plot.py imports report.py from beside it
+    plot = importlib.import_module("plot")
+    same = _line({1024: 0.25, 4096: 1.0})
+    lines = {"ours": _line({1024: 0.06, 4096: 0.25}), "torch-bce": same, "torch-mlsm": same.copy()}
+    assert plot.coinciding(lines) == [["torch-bce", "torch-mlsm"]]
+    lines["torch-mlsm"] = _line({1024: 0.25, 4096: 1.1})  # 10% apart: separate lines
+    assert plot.coinciding(lines) == []
+    empty = _line({1024: float("nan"), 4096: float("nan")})  # no values (peak memory on a CPU): not "equal"
+    assert plot.coinciding({"ours": empty, "torch-bce": empty.copy()}) == []
