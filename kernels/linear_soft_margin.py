@@ -232,7 +232,7 @@ def linear_soft_margin_chunk_kernel(
         )
         if WRITE_GRAD:
             tl.debug_barrier()  # the tile's stores above land before a positive's overwrites them
-        for j in tl.range(0, tl.max(inside, axis=0)):
+        for j in tl.range(0, tl.max(inside.to(tl.int32), axis=0)):
             label_id = tl.load(INDICES + first + j, mask=j < inside, other=-1).to(tl.int64)
             col = label_id - label_id_offset - label_start  # within the chunk; -1 - ... when absent
             has = (j < inside) & (col < chunk_labels)
@@ -255,7 +255,11 @@ def linear_soft_margin_chunk_kernel(
                 if HAS_ROW_SCALE:
                     grad_pos = grad_pos * row_scale
                 tl.store(G + rows * stride_g_row + col, grad_pos.to(G.dtype.element_ty), mask=has)
-    row_loss = tl.sum(tl.where(mask, loss, 0.0), axis=1)
+    # Labels past the chunk hold the loss of a zero logit; rows past B are summed but never stored.
+    if (pid_l + 1) * BLOCK_L <= chunk_labels:
+        row_loss = tl.sum(loss, axis=1)
+    else:
+        row_loss = tl.sum(tl.where(col_mask[None, :], loss, 0.0), axis=1)
     tl.store(PARTIAL + rows * stride_partial_row + pid_l, row_loss, mask=row_mask)
 
 
