@@ -21,10 +21,9 @@ from .soft_margin import positives_in_range
 def chunk_configs() -> list[triton.Config]:
     """Autotune space: (rows, labels, reduction depth) tile shapes, pipeline stages and warps.
 
-    Sized with bench/kernel_resources.py: the epilogue holds the fp32 logits and loss tiles while it
-    corrects the positives, so a 128×128 tile takes 8 warps (255 registers a thread; with bf16 and sparse
-    targets on sm_90 8 bytes of stack with triton 3.6, 32 with 3.9) and the 256-wide tiles 16 (128
-    registers, 0.2–0.5 KB of stack)."""
+    Sized with bench/kernel_resources.py (its figures: reports/resources/): the epilogue holds the fp32
+    logits and loss tiles while it corrects the positives, so a 128×128 tile takes 8 warps and the
+    256-wide tiles 16."""
     return [
         triton.Config({"BLOCK_B": b, "BLOCK_L": n, "BLOCK_D": d}, num_stages=stages, num_warps=warps)
         for b, n, d, stages, warps in (
