@@ -74,7 +74,8 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def _positive_keys(indptr: Tensor, indices: Tensor) -> tuple[Tensor, int]:
     """(keys, stride): each positive's row·stride + label id, (nnz,) int64, sorted as SparseTargets' rows
-    and ids are, with stride a power of two above every id and row·stride below 2^62 (ids < 2^31)."""
+    and ids are; stride = 2^(62 - bits of B) keeps row·stride below 2^62 and exceeds every label id of any
+    realistic batch (2^49 at B = 8192)."""
     stride = 1 << (62 - (indptr.numel() - 1).bit_length())
     return positive_rows(indptr, indices.numel()) * stride + indices, stride
 

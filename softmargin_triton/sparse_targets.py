@@ -110,8 +110,12 @@ class SparseTargets:
         self.num_labels = num_labels
 
     @classmethod
-    def _canonical(cls, indptr: Tensor, indices: Tensor, num_labels: int) -> "SparseTargets":
-        """Wrap arrays this module built canonical, without checking them again."""
+    def from_canonical(cls, indptr: Tensor, indices: Tensor, num_labels: int) -> "SparseTargets":
+        """Wrap CSR arrays without checking them and without a host sync: the caller guarantees what the
+        constructor would check (indptr (B+1,) int64 from 0 to nnz, non-decreasing; indices (nnz,) int32 or
+        int64 on the same device, each row's strictly ascending and in [0, num_labels)). For data loaders
+        that build canonical batches on the GPU; anything else should use a checking constructor, since the
+        kernels index memory with these arrays."""
         targets = cls.__new__(cls)
         targets._set(indptr, indices, num_labels)
         return targets
@@ -132,7 +136,7 @@ class SparseTargets:
         indptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=keys.device)
         torch.cumsum(counts, 0, out=indptr[1:])
         indices = (keys - rows * num_labels).to(_index_dtype(num_labels))
-        return cls._canonical(indptr, indices, num_labels)
+        return cls.from_canonical(indptr, indices, num_labels)
 
     @classmethod
     def from_lists(
@@ -194,7 +198,7 @@ class SparseTargets:
         rows, labels = tensor.nonzero(as_tuple=True)  # row-major: already sorted, no repeats
         indptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=tensor.device)
         torch.cumsum(torch.bincount(rows, minlength=num_rows), 0, out=indptr[1:])
-        return cls._canonical(indptr, labels.to(_index_dtype(num_labels)), num_labels)
+        return cls.from_canonical(indptr, labels.to(_index_dtype(num_labels)), num_labels)
 
     @property
     def shape(self) -> torch.Size:
@@ -211,7 +215,7 @@ class SparseTargets:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "SparseTargets":
         """The same positives on `device`."""
-        return self._canonical(
+        return self.from_canonical(
             self.indptr.to(device, non_blocking=non_blocking),
             self.indices.to(device, non_blocking=non_blocking),
             self.num_labels,

@@ -160,3 +160,15 @@ def test_from_padded_uint8_keeps_label_255():
     """pad=-1 compared in the tensor's own dtype would be 255 and silently drop that label."""
     targets = st.SparseTargets.from_padded(torch.tensor([[255, 3]], dtype=torch.uint8), 300)
     assert targets.indices.tolist() == [3, 255]
+
+
+def test_from_canonical_wraps_without_checking():
+    indptr = torch.tensor([0, 2, 2, 3], device=DEVICE)
+    indices = torch.tensor([1, 4, 0], dtype=torch.int32, device=DEVICE)
+    targets = st.SparseTargets.from_canonical(indptr, indices, num_labels=5)
+    assert targets.indptr is indptr and targets.indices is indices  # no copy
+    assert torch.equal(targets.to_dense().cpu(), dense_from_lists([[1, 4], [], [0]], 5))
+    # unchecked: arrays the constructor refuses are wrapped as given
+    st.SparseTargets.from_canonical(torch.tensor([0, 1]), torch.tensor([7]), num_labels=5)
+    with pytest.raises(ValueError, match="num_labels"):
+        st.SparseTargets(torch.tensor([0, 1]), torch.tensor([7]), num_labels=5)
