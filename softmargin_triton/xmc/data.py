@@ -779,7 +779,7 @@ def _batches(
         )
         # Rows of a canonical SparseTargets are canonical: wrap them without the constructor's checks,
         # which would synchronize with a GPU once per batch.
-        batch_labels = SparseTargets._canonical(
+        batch_labels = SparseTargets.from_canonical(
             _move(label_ptr, device), _move(label_ids, device), labels.num_labels
         )
         yield (batch_features.to_dense() if dense else batch_features), batch_labels
