@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DEVICE, assert_close
-from test_xmc_data import xc_text
+from xmc_helpers import xc_text
 
-from softmargin_triton.xmc.data import PRESETS, batches, synthetic
+from softmargin_triton.xmc.batching import batches
 from softmargin_triton.xmc.metrics import precision_at_k, propensity, psp_at_k
 from softmargin_triton.xmc.model import XMCModel
+from softmargin_triton.xmc.synthetic import PRESETS, synthetic
 from softmargin_triton.xmc.train import evaluate, main
 
 # A tiny run: eurlex-4k's 3,993 labels and 5,000 features, a tenth of its points.

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from softmargin_triton.linear_soft_margin import LinearMultiLabelSoftMarginLoss
 from softmargin_triton.sparse_targets import SparseTargets
-from softmargin_triton.xmc.data import SparseFeatures
+from softmargin_triton.xmc.dataset import SparseFeatures
 
 __all__ = ["XMCModel"]
 

@@ -38,9 +38,12 @@ except ImportError as error:
 
 import softmargin_triton
 from softmargin_triton.backend import use_triton_for
-from softmargin_triton.xmc.data import PRESETS, XMCDataset, batches, read_xc, read_xc_split, synthetic
+from softmargin_triton.xmc.batching import batches
+from softmargin_triton.xmc.dataset import XMCDataset
 from softmargin_triton.xmc.metrics import ndcg_at_k, precision_at_k, propensity, psp_at_k
 from softmargin_triton.xmc.model import XMCModel
+from softmargin_triton.xmc.synthetic import PRESETS, synthetic
+from softmargin_triton.xmc.xc_format import read_xc, read_xc_split
 
 __all__ = ["TrainConfig", "load_dataset", "main", "train"]
 
