@@ -33,7 +33,7 @@ if not torch.cuda.is_available():  # the interpreter must be chosen before trito
 import pandas as pd
 import torch.nn.functional as F
 from linear_tiled import tiled_linear_multilabel_soft_margin_loss  # bench/linear_tiled.py, beside this
-from timing import environment, log  # bench/timing.py
+from timing import environment, log, zipf_padded  # bench/timing.py
 
 import softmargin_triton as st
 
@@ -52,17 +52,12 @@ def _logits(rows, cols, dtype, seed):
 
 
 def _sparse(rows, cols, seed):
-    """About 5 positives a row from a skewed label distribution (a few labels in many rows), one row
-    empty, one with many positives."""
-    g = _generator(seed)
-    counts = torch.randint(0, 11, (rows,), device=DEVICE, generator=g)
+    """About 5 positives a row from Zipf(1) label frequencies (a few labels in many rows; bench/timing.py's
+    sampler), one row empty, one with 60 positives."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 11, (rows,), generator=g)
     counts[0], counts[1] = 0, 60
-    frequency = 1.0 / torch.arange(1, cols + 1, device=DEVICE, dtype=torch.float32)
-    lists = [
-        torch.multinomial(frequency, int(c), replacement=True, generator=g).tolist() if c else []
-        for c in counts
-    ]
-    return st.SparseTargets.from_lists(lists, num_labels=cols, device=DEVICE)
+    return st.SparseTargets.from_padded(zipf_padded(counts, cols, generator=g).to(DEVICE), cols)
 
 
 def _binary(rows, cols, dtype, seed):

@@ -64,7 +64,7 @@ except ImportError as error:
 import torch
 import torch.nn.functional as F
 from linear_tiled import tiled_linear_multilabel_soft_margin_loss  # bench/linear_tiled.py, beside this
-from timing import environment, log, sample_ms, tqdm  # bench/timing.py, beside this
+from timing import environment, log, sample_ms, tqdm, zipf_padded  # bench/timing.py, beside this
 
 import softmargin_triton as st
 from softmargin_triton.backend import use_triton_for
@@ -102,13 +102,9 @@ def copy_bandwidth_gbs(device: str) -> float:
 
 
 def zipf_targets(batch: int, labels: int, device: str) -> st.SparseTargets:
-    """Poisson(5.45) positives per row from Zipf(1) label frequencies (repeats within a row collapse)."""
-    counts = torch.poisson(torch.full((batch,), POSITIVES_PER_ROW, device=device)).long()
-    width = max(int(counts.max()), 1)
-    frequency = 1.0 / torch.arange(1, labels + 1, dtype=torch.float32, device=device)
-    padded = torch.multinomial(frequency, batch * width, replacement=True).view(batch, width)
-    padded[torch.arange(width, device=device) >= counts[:, None]] = -1
-    return st.SparseTargets.from_padded(padded, labels)
+    """Poisson(5.45) distinct positives per row from Zipf(1) label frequencies (bench/timing.py's sampler)."""
+    counts = torch.poisson(torch.full((batch,), POSITIVES_PER_ROW)).long()
+    return st.SparseTargets.from_padded(zipf_padded(counts, labels).to(device), labels)
 
 
 def ours_path(device: str) -> str:

@@ -1,5 +1,6 @@
-"""Timing, provenance and progress helpers shared by the bench scripts (sweep.py, ceilings.py,
-check_kernels.py, xmc_compare.py import them from beside themselves).
+"""What the bench scripts share (they import it from beside themselves): the timer, provenance (the
+commit, the machine, versions), the Zipf sampler of their sparse targets, and the tqdm import with its
+fallback.
 
 `sample_ms` times only the call under test: an optional untimed `setup` runs before each sample (the
 forward whose backward is timed, clearing .grad), and on CUDA a 256 MiB buffer is zeroed between samples
@@ -15,9 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import triton
+from torch import Tensor
+
+from softmargin_triton.xmc.synthetic import zipf_label_sets
 
 try:
     from tqdm import tqdm
@@ -25,8 +30,9 @@ except ImportError:  # the GPU machines' image has pandas, matplotlib and pytest
     from shim.tqdm import tqdm  # bench/shim/tqdm.py: a few progress lines instead of a bar
 
 QUANTILES = (0.5, 0.2, 0.8)
+REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["QUANTILES", "environment", "git_commit", "sample_ms", "tqdm"]
+__all__ = ["QUANTILES", "cpu_model", "environment", "git_commit", "log", "sample_ms", "tqdm", "zipf_padded"]
 
 
 def git_commit() -> str:
@@ -35,11 +41,36 @@ def git_commit() -> str:
         return os.environ["GIT_COMMIT"]
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and core count (no host name)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def zipf_padded(counts: Tensor, num_labels: int, generator: torch.Generator | None = None) -> Tensor:
+    """Sparse targets as XMC data has them: (B, max(counts) or 1) int64 label ids padded with -1, row i
+    holding min(counts[i], L) distinct labels drawn from Zipf(1) frequencies over the ids (label 0 the most
+    frequent) by the package's sampler, `softmargin_triton.xmc.synthetic.zipf_label_sets`. counts (B,) and
+    `generator` on the CPU (None: the global generator); `SparseTargets.from_padded(padded, L)` makes the
+    target."""
+    rows, labels = zipf_label_sets(counts, num_labels, generator=generator)
+    per_row = torch.bincount(rows, minlength=counts.numel())
+    width = max(int(per_row.max()) if counts.numel() else 0, 1)
+    padded = torch.full((counts.numel(), width), -1, dtype=torch.int64)
+    starts = per_row.cumsum(0) - per_row
+    padded[rows, torch.arange(rows.numel()) - starts[rows]] = labels
+    return padded
 
 
 def environment() -> dict[str, str]:
