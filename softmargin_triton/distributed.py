@@ -43,6 +43,7 @@ from softmargin_triton.soft_margin import _FLOAT_DTYPES, _resolve_reduction, _ro
 from softmargin_triton.sparse_targets import SparseTargets
 
 __all__ = [
+    "Collectives",
     "ShardedLinearMultiLabelSoftMarginLoss",
     "shard_range",
     "sharded_linear_multilabel_soft_margin_loss",
@@ -80,39 +81,93 @@ def shard_range(num_labels: int, world_size: int, rank: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Collectives with autograd
+# Collectives
 # --------------------------------------------------------------------------------------------------------
+
+
+class Collectives:
+    """The torch.distributed calls the sharded loss makes, over one process group (None: the default
+    group, looked up at each call).
+
+    Each call names its site, what it carries in the loss: 'agreement' (the call's fields, and the error
+    messages of a bad call), 'loss' (the shares' sum, or the rows' losses scattered back with
+    `data_parallel` and reduction 'none'), 'loss gradient', 'features' (the gathered rows with
+    `data_parallel`), 'positives' (their targets' row counts and label ids), 'dE' (the features' gradient:
+    all-reduced, or reduce-scattered back to the rows' owners), 'top-k features', 'top-k candidates'. Pass
+    a subclass as the `group` of the sharded loss to observe or replace the calls: bench/distributed_comm.py
+    counts the bytes per site this way.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        self.group = group
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size(self.group)
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the group's collectives take tensors: the current CUDA device for NCCL, else the CPU."""
+        if dist.get_backend(self.group) == dist.Backend.NCCL:
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def all_reduce(self, tensor: Tensor, site: str) -> Tensor:
+        """Sum `tensor` over the ranks, in place; returns it."""
+        dist.all_reduce(tensor, group=self.group)
+        return tensor
+
+    def all_gather_rows(self, input: Tensor, site: str) -> Tensor:
+        """The ranks' `input` blocks (one shape on every rank) concatenated along dim 0, in rank order."""
+        out = input.new_empty((input.shape[0] * self.world_size, *input.shape[1:]))
+        _all_gather_single(out, input.contiguous(), group=self.group)
+        return out
+
+    def reduce_scatter_rows(self, input: Tensor, site: str) -> Tensor:
+        """This rank's block of rows of the sum over ranks of `input` (rows a multiple of the world size)."""
+        out = input.new_empty((input.shape[0] // self.world_size, *input.shape[1:]))
+        _reduce_scatter_single(out, input.contiguous(), group=self.group)
+        return out
+
+    def all_gather_object(self, obj: object, site: str) -> list:
+        """Every rank's picklable `obj`, in rank order."""
+        objects = [None] * self.world_size
+        dist.all_gather_object(objects, obj, group=self.group)
+        return objects
+
+
+def _collectives(group: dist.ProcessGroup | Collectives | None) -> Collectives:
+    return group if isinstance(group, Collectives) else Collectives(group)
 
 
 class _CopyToRanks(torch.autograd.Function):
     """Identity forward on a tensor every rank holds; the backward sums its gradient over ranks."""
 
     @staticmethod
-    def forward(ctx, input, group):
-        ctx.group = group
+    def forward(ctx, input, comm):
+        ctx.comm = comm
         return input.view_as(input)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        return ctx.comm.all_reduce(grad.contiguous(), "dE"), None
 
 
 class _GatherRows(torch.autograd.Function):
     """All-gather of equal-sized row blocks; the backward reduce-scatters the rows' gradients back."""
 
     @staticmethod
-    def forward(ctx, input, group):
-        ctx.group = group
-        return _all_gather_rows(input, group)
+    def forward(ctx, input, comm):
+        ctx.comm = comm
+        return comm.all_gather_rows(input, "features")
 
     @staticmethod
     def backward(ctx, grad):
-        world = dist.get_world_size(ctx.group)
-        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
-        _reduce_scatter_single(out, grad.contiguous(), group=ctx.group)
-        return out, None
+        return ctx.comm.reduce_scatter_rows(grad, "dE"), None
 
 
 class _ScatterRows(torch.autograd.Function):
@@ -120,15 +175,13 @@ class _ScatterRows(torch.autograd.Function):
     all-gathers the blocks' gradients, since every rank's share of a row needs the row owner's gradient."""
 
     @staticmethod
-    def forward(ctx, input, group):
-        ctx.group = group
-        out = input.new_empty((input.shape[0] // dist.get_world_size(group), *input.shape[1:]))
-        _reduce_scatter_single(out, input.contiguous(), group=group)
-        return out
+    def forward(ctx, input, comm):
+        ctx.comm = comm
+        return comm.reduce_scatter_rows(input, "loss")
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_gather_rows(grad, ctx.group), None
+        return ctx.comm.all_gather_rows(grad, "loss gradient"), None
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -136,30 +189,24 @@ class _SumOverRanks(torch.autograd.Function):
     (every rank backpropagates the same loss)."""
 
     @staticmethod
-    def forward(ctx, share, group):
-        total = share.clone()
-        dist.all_reduce(total, group=group)
-        return total
+    def forward(ctx, share, comm):
+        return comm.all_reduce(share.clone(), "loss")
 
     @staticmethod
     def backward(ctx, grad):
         return grad, None
 
 
-def _all_gather_rows(input: Tensor, group) -> Tensor:
-    out = input.new_empty((input.shape[0] * dist.get_world_size(group), *input.shape[1:]))
-    _all_gather_single(out, input.contiguous(), group=group)
-    return out
-
-
-def _gather_positives(targets: SparseTargets, nnz_per_rank: list[int], group) -> tuple[Tensor, Tensor]:
+def _gather_positives(
+    targets: SparseTargets, nnz_per_rank: list[int], comm: Collectives
+) -> tuple[Tensor, Tensor]:
     """All ranks' positives as (indptr, indices) over the gathered rows, in rank order: rows' counts and
     the ids (padded to the largest rank's nnz, known on the host from the call's agreement step)."""
-    counts = _all_gather_rows(targets.indptr.diff(), group)
+    counts = comm.all_gather_rows(targets.indptr.diff(), "positives")
     indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     padded = targets.indices.new_zeros(max(nnz_per_rank), dtype=torch.int64)  # ranks' id dtypes may differ
     padded[: targets.nnz] = targets.indices
-    ids = _all_gather_rows(padded, group).view(len(nnz_per_rank), -1)
+    ids = comm.all_gather_rows(padded, "positives").view(len(nnz_per_rank), -1)
     return indptr, torch.cat([ids[rank, :nnz] for rank, nnz in enumerate(nnz_per_rank)])
 
 
@@ -168,19 +215,18 @@ def _gather_positives(targets: SparseTargets, nnz_per_rank: list[int], group) ->
 # --------------------------------------------------------------------------------------------------------
 
 
-def _agree(fields: dict[str, int], local_error: Exception | None, group, device: torch.device) -> list[dict]:
+def _agree(fields: dict[str, int], local_error: Exception | None, comm: Collectives) -> list[dict]:
     """All ranks' `fields`, after every rank learnt whether any rank's call is invalid (then all raise)."""
     names = ["error", *fields]
     local = torch.tensor([int(local_error is not None), *fields.values()], dtype=torch.int64)
+    device = comm.device
     if device.type == "cuda":  # from page-locked memory the copy does not wait for the stream: one sync
         local = local.pin_memory().to(device, non_blocking=True)
-    table = torch.empty(dist.get_world_size(group) * len(names), dtype=torch.int64, device=device)
-    _all_gather_single(table, local, group=group)
+    table = comm.all_gather_rows(local, "agreement")
     rows = [dict(zip(names, row, strict=True)) for row in table.view(-1, len(names)).tolist()]  # host sync
     failed = [rank for rank, row in enumerate(rows) if row["error"]]
     if failed:
-        messages = [None] * len(rows)
-        dist.all_gather_object(messages, None if local_error is None else str(local_error), group=group)
+        messages = comm.all_gather_object(None if local_error is None else str(local_error), "agreement")
         if local_error is not None:
             raise local_error
         details = "; ".join(f"rank {rank}: {messages[rank]}" for rank in failed)
@@ -211,12 +257,6 @@ def _check_tiling(rows: list[dict], num_labels: int) -> None:
         for rank, row in enumerate(rows)
     )
     raise ValueError(f"sharded loss: label shards must tile [0, {num_labels}) exactly, got {ranges}")
-
-
-def _collective_device(group) -> torch.device:
-    if dist.get_backend(group) == dist.Backend.NCCL:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -322,7 +362,7 @@ def sharded_linear_multilabel_soft_margin_loss(
     *,
     label_start: int,
     num_labels: int,
-    group: dist.ProcessGroup | None = None,
+    group: dist.ProcessGroup | Collectives | None = None,
     label_weight: Tensor | None = None,
     pos_weight: Tensor | None = None,
     reduction: str = "mean",
@@ -340,7 +380,8 @@ def sharded_linear_multilabel_soft_margin_loss(
         bias_shard: (L_r,) or None (on every rank alike).
         label_start: this shard's first label; the ranks' shards must tile [0, num_labels).
         num_labels: L, the whole classifier's label count.
-        group: the process group whose ranks share the labels; None for the default group.
+        group: the process group whose ranks share the labels; None for the default group; or a
+            `Collectives` over one, whose methods then make the loss's collective calls.
         label_weight, pos_weight: as in `linear_multilabel_soft_margin_loss`, broadcastable to
             (..., num_labels); with `data_parallel=True` without a per-row dimension.
         reduction: 'none' → input.shape[:-1] (this rank's rows with `data_parallel=True`); 'mean' / 'sum' →
@@ -372,7 +413,8 @@ def sharded_linear_multilabel_soft_margin_loss(
     except Exception as caught:  # whatever fails here must reach the other ranks, or they would wait
         call, error = None, caught
     fields = call["fields"] if call else dict.fromkeys(_CALL_FIELDS, 0)
-    table = _agree(fields, error, group, _collective_device(group))
+    comm = _collectives(group)
+    table = _agree(fields, error, comm)
     _require_equal(table, "num_labels", "rows", "dim", "reduction", "data_parallel", "sparse", "dtype")
     _require_equal(table, "out_dtype", "bias", "input_grad", "graph")
     _check_tiling(table, num_labels)
@@ -383,13 +425,15 @@ def sharded_linear_multilabel_soft_margin_loss(
     label_weight_rows, pos_weight_rows = call["label_weight"], call["pos_weight"]
     indptr, indices = (target.indptr, target.indices) if call["sparse"] else (None, None)
     if data_parallel:
-        features = _GatherRows.apply(rows_in, group) if input_grad else _all_gather_rows(rows_in, group)
-        indptr, indices = _gather_positives(target, [row["nnz"] for row in table], group)
+        features = (
+            _GatherRows.apply(rows_in, comm) if input_grad else comm.all_gather_rows(rows_in, "features")
+        )
+        indptr, indices = _gather_positives(target, [row["nnz"] for row in table], comm)
         shard_shape = (features.shape[0], call["shard_labels"])
         label_weight_rows = None if label_weight_rows is None else label_weight_rows[:1].expand(shard_shape)
         pos_weight_rows = None if pos_weight_rows is None else pos_weight_rows[:1].expand(shard_shape)
     else:
-        features = _CopyToRanks.apply(rows_in, group) if input_grad else rows_in
+        features = _CopyToRanks.apply(rows_in, comm) if input_grad else rows_in
     # Shares are summed over ranks in at least fp32, and rounded to the loss's dtype once, after the sum.
     share_dtype = torch.promote_types(call["out_dtype"], torch.float32)
     with torch.autocast(input.device.type, enabled=False):  # the chunk loop picks its own precisions
@@ -412,9 +456,9 @@ def sharded_linear_multilabel_soft_margin_loss(
             num_labels,
         )
     if data_parallel and reduction == "none":
-        loss = _ScatterRows.apply(share, group)
+        loss = _ScatterRows.apply(share, comm)
     else:
-        loss = _SumOverRanks.apply(share, group)
+        loss = _SumOverRanks.apply(share, comm)
     loss = loss.to(call["out_dtype"])
     return loss.view(input.shape[:-1]) if reduction == "none" else loss
 
@@ -427,28 +471,31 @@ def _sharded_topk(
     k: int,
     label_start: int,
     num_labels: int,
-    group,
+    group: dist.ProcessGroup | Collectives | None,
     data_parallel: bool,
 ) -> tuple[Tensor, Tensor]:
     """The k best logits over all shards and their label ids, (..., k) each: each rank streams its shard's
     candidates, all ranks' candidates are gathered and merged."""
     error = None if 0 < k <= num_labels else ValueError(f"k must be in [1, num_labels={num_labels}], got {k}")
     rows = math.prod(input.shape[:-1])
-    table = _agree(dict(rows=rows, dim=input.shape[-1], k=k), error, group, _collective_device(group))
+    comm = _collectives(group)
+    table = _agree(dict(rows=rows, dim=input.shape[-1], k=k), error, comm)
     _require_equal(table, "rows", "dim", "k")
     features = input.reshape(rows, input.shape[-1])
     if data_parallel:
-        features = _all_gather_rows(features, group)
+        features = comm.all_gather_rows(features, "top-k features")
     values, labels = streaming_topk(features, weight_shard, bias_shard, k)
     missing = k - values.shape[-1]  # a shard with fewer than k labels pads its candidates
     values = torch.nn.functional.pad(values, (0, missing), value=-math.inf)
     labels = torch.nn.functional.pad(labels + label_start, (0, missing), value=-1)
-    world = dist.get_world_size(group)
-    gathered_values = _all_gather_rows(values, group).view(world, -1, k).permute(1, 0, 2).flatten(1)
-    gathered_labels = _all_gather_rows(labels, group).view(world, -1, k).permute(1, 0, 2).flatten(1)
+    world = comm.world_size
+    gathered_values = comm.all_gather_rows(values, "top-k candidates").view(world, -1, k)
+    gathered_labels = comm.all_gather_rows(labels, "top-k candidates").view(world, -1, k)
+    gathered_values = gathered_values.permute(1, 0, 2).flatten(1)
+    gathered_labels = gathered_labels.permute(1, 0, 2).flatten(1)
     values, labels = _merge_topk(gathered_values, gathered_labels, k)
     if data_parallel:
-        own = slice(dist.get_rank(group) * rows, (dist.get_rank(group) + 1) * rows)
+        own = slice(comm.rank * rows, (comm.rank + 1) * rows)
         values, labels = values[own], labels[own]
     return values.view(*input.shape[:-1], k), labels.view(*input.shape[:-1], k)
 
@@ -467,7 +514,7 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
         self,
         in_features: int,
         num_labels: int,
-        group: dist.ProcessGroup | None = None,
+        group: dist.ProcessGroup | Collectives | None = None,
         bias: bool = True,
         *,
         label_weight: Tensor | None = None,
@@ -478,12 +525,12 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.group = group  # None: the default group, looked up at each call (holding it keeps it alive)
+        # None: the default group, looked up at each call (holding it keeps it alive); or a Collectives
+        self.group = group
         self.in_features, self.num_labels, self.reduction = in_features, num_labels, reduction
         self.data_parallel = data_parallel
-        self.label_start, self.label_stop = shard_range(
-            num_labels, dist.get_world_size(self.group), dist.get_rank(self.group)
-        )
+        comm = _collectives(group)
+        self.label_start, self.label_stop = shard_range(num_labels, comm.world_size, comm.rank)
         shard_labels = self.label_stop - self.label_start
         self.weight = nn.Parameter(torch.empty((shard_labels, in_features), device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(shard_labels, device=device, dtype=dtype)) if bias else None

@@ -63,26 +63,26 @@ def test_measured_bytes_match_formula(tmp_path: Path) -> None:
         total = sum(entry["input_bytes"] + entry["output_bytes"] for entry in measured.values())
         totals.setdefault((mode, rank), set()).add(total)
         sites = dict(measured)  # each expected collective is popped; none may remain
-        agreement = sites.pop(("all_gather", "_agree"))
+        agreement = sites.pop(("all_gather", "agreement"))
         # a few int64 per rank, gathered from every rank
         assert agreement["calls"] == 1 and agreement["input_bytes"] % 8 == 0
         assert (
             agreement["input_bytes"] <= 32 * 8
             and agreement["output_bytes"] == WORLD * agreement["input_bytes"]
         )
-        loss = sites.pop(("all_reduce", "_SumOverRanks.forward"))
+        loss = sites.pop(("all_reduce", "loss"))
         assert (loss["calls"], loss["input_bytes"], loss["output_bytes"]) == (1, FP32, FP32)
         if mode == "replicated":
-            dE = sites.pop(("all_reduce", "_CopyToRanks.backward"))
+            dE = sites.pop(("all_reduce", "dE"))
             assert (dE["calls"], dE["input_bytes"], dE["output_bytes"]) == (1, features, features)
         else:
-            gathered = sites.pop(("all_gather", "_GatherRows.forward"))
+            gathered = sites.pop(("all_gather", "features"))
             assert (gathered["calls"], gathered["input_bytes"], gathered["output_bytes"]) == (
                 1,
                 features // WORLD,
                 features,
             )
-            scattered = sites.pop(("reduce_scatter", "_GatherRows.backward"))
+            scattered = sites.pop(("reduce_scatter", "dE"))
             assert (scattered["calls"], scattered["input_bytes"], scattered["output_bytes"]) == (
                 1,
                 features,
@@ -92,7 +92,7 @@ def test_measured_bytes_match_formula(tmp_path: Path) -> None:
                 (steps["mode"] == mode) & (steps["labels"] == labels) & (steps["metric"] == "positives")
             ]
             most = int(case["value"].max())  # every rank pads its int64 ids to the largest rank's count
-            positives = sites.pop(("all_gather", "_gather_positives"))
+            positives = sites.pop(("all_gather", "positives"))
             assert positives["calls"] == 2  # int64 row counts, then int64 ids
             assert positives["output_bytes"] == BATCH * 8 + WORLD * most * 8
         assert not sites, f"unexpected collectives: {sites}"
