@@ -134,26 +134,19 @@ def linear_soft_margin_tiled_kernel(
     mask = row_mask[:, None] & col_mask[None, :]
 
     x = logits_tile(
-        E,
-        W,
-        BIAS,
-        rows,
-        labels,
+        E + rows * stride_e_row,
+        W + labels * stride_w_row,
         row_mask,
         col_mask,
         D,
-        stride_e_row,
         stride_e_col,
-        stride_w_row,
         stride_w_col,
-        stride_bias,
-        BLOCK_B,
-        BLOCK_L,
         BLOCK_D,
-        HAS_BIAS,
         DOT_PRECISION,
         DOT_IN_FP32,
     )
+    if HAS_BIAS:
+        x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
 
     tile_start = pid_l.to(tl.int64) * BLOCK_L
     first, inside = positives_in_range(
@@ -174,8 +167,8 @@ def linear_soft_margin_tiled_kernel(
     for d0 in tl.range(0, D, BLOCK_D):
         ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)
         d_mask = ds < D
-        e = operand_block(E, rows, row_mask, ds, d_mask, stride_e_row, stride_e_col, DOT_IN_FP32)
-        w = operand_block(W, labels, col_mask, ds, d_mask, stride_w_row, stride_w_col, DOT_IN_FP32)
+        e = operand_block(E + rows * stride_e_row, row_mask, ds, d_mask, stride_e_col, DOT_IN_FP32)
+        w = operand_block(W + labels * stride_w_row, col_mask, ds, d_mask, stride_w_col, DOT_IN_FP32)
         de = tl.dot(g, w, input_precision=DOT_PRECISION)  # (BLOCK_B, BLOCK_D)
         dw = tl.dot(tl.trans(g), e, input_precision=DOT_PRECISION)  # (BLOCK_L, BLOCK_D)
         tl.atomic_add(

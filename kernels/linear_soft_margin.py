@@ -48,13 +48,10 @@ MIN_BLOCK_L = min([HEURISTIC_CONFIG["BLOCK_L"]] + [config.kwargs["BLOCK_L"] for 
 
 
 @triton.jit
-def operand_block(PTR, index, index_mask, ds, d_mask, stride_index, stride_d, IN_FP32: tl.constexpr):
-    """Rows `index` × columns `ds` of a (N, D) GEMM operand, zero where masked (upcast if IN_FP32)."""
-    block = tl.load(
-        PTR + index[:, None] * stride_index + ds[None, :] * stride_d,
-        mask=index_mask[:, None] & d_mask[None, :],
-        other=0,
-    )
+def operand_block(ROWS, row_mask, ds, d_mask, stride_d, IN_FP32: tl.constexpr):
+    """Columns `ds` of a GEMM operand's rows whose starts are the pointers ROWS, zero where masked
+    (upcast if IN_FP32)."""
+    block = tl.load(ROWS[:, None] + ds[None, :] * stride_d, mask=row_mask[:, None] & d_mask[None, :], other=0)
     if IN_FP32:
         block = block.to(tl.float32)
     return block
@@ -62,42 +59,32 @@ def operand_block(PTR, index, index_mask, ds, d_mask, stride_index, stride_d, IN
 
 @triton.jit
 def logits_tile(
-    E,
-    W,
-    BIAS,
-    rows,
-    labels,
+    E_ROWS,
+    W_ROWS,
     row_mask,
     col_mask,
     D,
-    stride_e_row,
     stride_e_col,
-    stride_w_row,
     stride_w_col,
-    stride_bias,
-    BLOCK_B: tl.constexpr,
-    BLOCK_L: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
 ):
-    """E[rows] · W[labels]ᵀ (+ BIAS[labels]): a (BLOCK_B, BLOCK_L) fp32 tile of logits, accumulated over D
-    in BLOCK_D steps on tensor cores (see the chunk kernel for the operands and the two flags)."""
-    acc = tl.zeros([BLOCK_B, BLOCK_L], tl.float32)
+    """E[rows] · W[labels]ᵀ for the row starts E_ROWS (BLOCK_B,) and W_ROWS (BLOCK_L,): a (BLOCK_B, BLOCK_L)
+    fp32 tile, accumulated over D in BLOCK_D steps on tensor cores (the chunk kernel explains the flags)."""
+    acc = tl.zeros([E_ROWS.shape[0], W_ROWS.shape[0]], tl.float32)
     for d0 in tl.range(0, D, BLOCK_D):
         ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)  # int64: a transposed operand's offsets pass 2^31
         d_mask = ds < D
-        e = operand_block(E, rows, row_mask, ds, d_mask, stride_e_row, stride_e_col, DOT_IN_FP32)
-        w = operand_block(W, labels, col_mask, ds, d_mask, stride_w_row, stride_w_col, DOT_IN_FP32)
+        e = operand_block(E_ROWS, row_mask, ds, d_mask, stride_e_col, DOT_IN_FP32)
+        w = operand_block(W_ROWS, col_mask, ds, d_mask, stride_w_col, DOT_IN_FP32)
         acc = tl.dot(e, tl.trans(w), acc, input_precision=DOT_PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
     return acc
 
 
 @triton.jit
 def linear_soft_margin_chunk_kernel(
+    # pointers (None where absent)
     E,
     W,
     BIAS,
@@ -110,11 +97,13 @@ def linear_soft_margin_chunk_kernel(
     ROW_SCALE,
     G,
     PARTIAL,
+    # sizes and offsets
     B,
     D,
     chunk_labels,
     label_start,
     label_id_offset,
+    # strides (0 for an absent tensor)
     stride_e_row,
     stride_e_col,
     stride_w_row,
@@ -128,18 +117,21 @@ def linear_soft_margin_chunk_kernel(
     stride_pw_col,
     stride_g_row,
     stride_partial_row,
+    # meta-parameters: the host's
+    DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    PRECISE: tl.constexpr,
+    # the autotuner's
     BLOCK_B: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    # derived by _chunk_heuristics
     HAS_BIAS: tl.constexpr,
     SPARSE_TARGET: tl.constexpr,
     HAS_LABEL_WEIGHT: tl.constexpr,
     HAS_POS_WEIGHT: tl.constexpr,
     HAS_ROW_SCALE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
-    PRECISE: tl.constexpr,
 ):
     """One (BLOCK_B rows × BLOCK_L labels) tile of a label chunk: logits, loss partials, gradient.
 
@@ -147,16 +139,16 @@ def linear_soft_margin_chunk_kernel(
     W:       (L, D) classifier, E's dtype; the chunk's rows start at label_start.
     label_id_offset: the label id of W's row 0 in INDICES' numbering (a label shard's first label), so a
              shard reads the full batch's positives without relabelling them.
-    BIAS:    (L,) E's dtype, any stride; read if HAS_BIAS.
-    Y:       (B, L) dense targets (float, integer or bool, any strides); read unless SPARSE_TARGET.
+    BIAS:    (L,) E's dtype, any stride, or None (HAS_BIAS).
+    Y:       (B, L) dense targets (float, integer or bool, any strides), or None for sparse targets.
     INDICES: (nnz,) int32/int64 positive label ids, each row's sorted; row b's positives whose ids lie in
              this chunk are INDICES[POSITIVES_START[b]:POSITIVES_STOP[b]], both (B,) int64 (so a tile scans
-             the chunk's few, not the row's all). Read if SPARSE_TARGET.
-    LW, PW:  (B, L) broadcast views of the label weight and pos_weight, float; read if HAS_*.
-    ROW_SCALE: (B,) contiguous float32 per-row gradient factor (a recomputing backward's grad_output);
-             read if HAS_ROW_SCALE.
+             the chunk's few, not the row's all). None, all three, for a dense target.
+    LW, PW:  (B, L) broadcast views of the label weight and pos_weight, float, or None (HAS_*).
+    ROW_SCALE: (B,) contiguous float32 per-row gradient factor (a recomputing backward's grad_output), or
+             None (HAS_ROW_SCALE).
     G:       (B, chunk_labels) gradient of the weighted elementwise loss w.r.t. the chunk's logits (times
-             ROW_SCALE), E's dtype, unit column stride; written if WRITE_GRAD. The reduction's factor is
+             ROW_SCALE), E's dtype, unit column stride, or None (WRITE_GRAD). The reduction's factor is
              left to the GEMMs that consume G (their alpha), so fp16 never holds it.
     PARTIAL: (B, ≥ cdiv(chunk_labels, BLOCK_L)) contiguous float32, stride_partial_row: each row's weighted
              loss over the tile, in column pid_l.
@@ -174,26 +166,19 @@ def linear_soft_margin_chunk_kernel(
     mask = row_mask[:, None] & col_mask[None, :]
 
     x = logits_tile(
-        E,
-        W,
-        BIAS,
-        rows,
-        labels,
+        E + rows * stride_e_row,
+        W + labels * stride_w_row,
         row_mask,
         col_mask,
         D,
-        stride_e_row,
         stride_e_col,
-        stride_w_row,
         stride_w_col,
-        stride_bias,
-        BLOCK_B,
-        BLOCK_L,
         BLOCK_D,
-        HAS_BIAS,
         DOT_PRECISION,
         DOT_IN_FP32,
     )
+    if HAS_BIAS:
+        x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
 
     if SPARSE_TARGET:
         # Every label as a negative first, with no target tile held in registers; the tile's few positives
@@ -262,10 +247,21 @@ def linear_soft_margin_chunk_kernel(
     tl.store(PARTIAL + rows * stride_partial_row + pid_l, row_loss, mask=row_mask)
 
 
+# Derived at each launch: what the None pointers switch on or off.
+_chunk_heuristics = triton.heuristics(
+    {
+        "HAS_BIAS": lambda args: args["BIAS"] is not None,
+        "SPARSE_TARGET": lambda args: args["Y"] is None,
+        "HAS_LABEL_WEIGHT": lambda args: args["LW"] is not None,
+        "HAS_POS_WEIGHT": lambda args: args["PW"] is not None,
+        "HAS_ROW_SCALE": lambda args: args["ROW_SCALE"] is not None,
+        "WRITE_GRAD": lambda args: args["G"] is not None,
+    }
+)
+
 # Configs write different numbers of PARTIAL columns, and the host sums them all: zero the buffer again
-# after every config the autotuner benchmarks, so only the chosen config's partials remain.
-linear_soft_margin_chunk = triton.autotune(
-    chunk_configs(),
-    key=["D", "SPARSE_TARGET", "HAS_LABEL_WEIGHT", "HAS_POS_WEIGHT", "HAS_ROW_SCALE", "WRITE_GRAD"],
-    reset_to_zero=["PARTIAL"],
-)(linear_soft_margin_chunk_kernel)
+# after every config the autotuner benchmarks, so only the chosen config's partials remain. The key holds
+# every tensor argument's dtype too, so which pointers are None tells the variants apart.
+linear_soft_margin_chunk = triton.autotune(chunk_configs(), key=["D"], reset_to_zero=["PARTIAL"])(
+    _chunk_heuristics(linear_soft_margin_chunk_kernel)
+)

@@ -46,13 +46,33 @@ def tile_shape(tile: int, span: int) -> dict[str, int]:
     return {"BLOCK_C": block_c, "BLOCK_R": tile // block_c}
 
 
-_tile_shape = triton.heuristics(
+def _compute_dtype(tensor) -> tl.dtype:
+    """float64 arithmetic for float64 data, float32 for everything else."""
+    return tl.float64 if tensor.element_size() == 8 else tl.float32
+
+
+# Derived at each launch, after the autotuner has chosen TILE: the block shape, whether every tile is full
+# (spans of SPAN columns, blocks of BLOCK_R rows: then nothing is masked), and what the None pointers and
+# the data's dtype switch on or off.
+_SHAPE_HEURISTICS = {
+    "BLOCK_C": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_C"],
+    "BLOCK_R": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_R"],
+    "EVEN": lambda args: args["C"] % args["SPAN"] == 0 and args["R"] % args["BLOCK_R"] == 0,
+}
+_forward_heuristics = triton.heuristics(
     {
-        "BLOCK_C": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_C"],
-        "BLOCK_R": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_R"],
-        # Every tile full (spans of SPAN columns, blocks of BLOCK_R rows): no masks, no selects.
-        "EVEN": lambda args: args["C"] % args["SPAN"] == 0 and args["R"] % args["BLOCK_R"] == 0,
+        **_SHAPE_HEURISTICS,
+        "SPARSE_TARGET": lambda args: args["Y"] is None,
+        "HAS_WEIGHT": lambda args: args["W"] is not None,
+        "HAS_POS_WEIGHT": lambda args: args["PW"] is not None,
+        "WRITE_GRAD": lambda args: args["GRAD"] is not None,
+        "WRITE_LOSS": lambda args: args["LOSS"] is not None,
+        "WRITE_PARTIAL": lambda args: args["PARTIAL"] is not None,
+        "COMPUTE_DTYPE": lambda args: _compute_dtype(args["X"]),
     }
+)
+_scale_grad_heuristics = triton.heuristics(
+    {**_SHAPE_HEURISTICS, "COMPUTE_DTYPE": lambda args: _compute_dtype(args["GRAD"])}
 )
 
 
@@ -109,6 +129,7 @@ def mark_positives(
 
 @triton.jit
 def soft_margin_forward_kernel(
+    # pointers (None where absent)
     X,
     Y,
     INDPTR,
@@ -118,8 +139,10 @@ def soft_margin_forward_kernel(
     GRAD,
     LOSS,
     PARTIAL,
+    # sizes
     R,
     C,
+    # strides (0 for an absent tensor)
     stride_x_row,
     stride_x_col,
     stride_y_row,
@@ -130,12 +153,18 @@ def soft_margin_forward_kernel(
     stride_pw_col,
     stride_grad_row,
     stride_grad_col,
+    # scalars
     grad_scale,
+    # meta-parameters: the host's
     SPAN: tl.constexpr,
+    MLSM_FORM: tl.constexpr,
+    PRECISE: tl.constexpr,
+    # the autotuner's
     TILE: tl.constexpr,
+    # derived by _forward_heuristics
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    MLSM_FORM: tl.constexpr,
+    EVEN: tl.constexpr,
     SPARSE_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_POS_WEIGHT: tl.constexpr,
@@ -143,24 +172,23 @@ def soft_margin_forward_kernel(
     WRITE_LOSS: tl.constexpr,
     WRITE_PARTIAL: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
-    PRECISE: tl.constexpr,
-    EVEN: tl.constexpr,
 ):
     """Loss terms and gradient of sigmoid-BCE, one tile of rows × one span of columns per program.
 
     X:       (R, C) logits, float16/bfloat16/float32/float64, any strides.
-    Y:       (R, C) targets, float, integer or bool, any strides; read unless SPARSE_TARGET.
+    Y:       (R, C) targets, float, integer or bool, any strides; None for sparse targets (SPARSE_TARGET).
     INDPTR:  (R+1,) int64 and INDICES (nnz,) int32/int64: each row's positive label ids, sorted ascending
-             without repeats; the target is 1 there and 0 elsewhere. Read if SPARSE_TARGET.
-    W:       (R, C) weight (a broadcast view, strides may be 0), float; read only if HAS_WEIGHT.
-    PW:      (R, C) pos_weight p (a broadcast view), float; read only if HAS_POS_WEIGHT.
-    GRAD:    (R, C) gradient of the reduced loss, X's dtype; may alias X (read before written).
-    LOSS:    (R, C) contiguous weighted elementwise loss, the loss's dtype; written if WRITE_LOSS.
-    PARTIAL: (R, cdiv(C, SPAN)) contiguous COMPUTE_DTYPE row partial sums; written if WRITE_PARTIAL.
+             without repeats; the target is 1 there and 0 elsewhere. None for a dense target.
+    W:       (R, C) weight (a broadcast view, strides may be 0), float, or None (HAS_WEIGHT).
+    PW:      (R, C) pos_weight p (a broadcast view), float, or None (HAS_POS_WEIGHT).
+    GRAD:    (R, C) gradient of the reduced loss, X's dtype; may alias X (read before written); or None.
+    LOSS:    (R, C) contiguous weighted elementwise loss, the loss's dtype, or None (WRITE_LOSS).
+    PARTIAL: (R, cdiv(C, SPAN)) contiguous COMPUTE_DTYPE row partial sums, or None (WRITE_PARTIAL).
     grad_scale: factor applied to the stored gradient (the reduction's, or 1 when the backward applies it).
+    SPAN:    columns per program (span_for(C)); MLSM_FORM: MultiLabelSoftMarginLoss's formula (else BCE's);
+    PRECISE: sigmoid_bce's precision, False only where both the loss and the gradient are 16-bit.
+    EVEN:    every tile lies inside (R, C): loads, stores and sums go unmasked.
     COMPUTE_DTYPE: float64 for float64 logits, else float32.
-    PRECISE: sigmoid_bce's precision: False only where both the loss and the gradient are 16-bit.
-    EVEN: every tile lies inside (R, C) (see _tile_shape): loads, stores and sums go unmasked.
     """
     row_block = tl.program_id(0)
     span_id = tl.program_id(1)
@@ -218,29 +246,36 @@ def soft_margin_forward_kernel(
 
 @triton.jit
 def soft_margin_scale_grad_kernel(
+    # pointers
     GRAD,
     GRAD_OUTPUT,
+    # sizes
     R,
     C,
+    # strides
     stride_grad_row,
     stride_grad_col,
     stride_go_row,
     stride_go_col,
+    # scalars
     scale,
+    # meta-parameters: the host's
     SPAN: tl.constexpr,
+    # the autotuner's
     TILE: tl.constexpr,
+    # derived by _scale_grad_heuristics
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    COMPUTE_DTYPE: tl.constexpr,
     EVEN: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
 ):
     """GRAD *= GRAD_OUTPUT · scale in place, touching only elements where that factor is not exactly 1.
 
     GRAD:        (R, C) stored gradient, float, any strides.
     GRAD_OUTPUT: (R, C) broadcast view of the loss's gradient (strides 0 for a scalar or per-row), float.
     scale: 1, or the reduction's factor when the forward left it out (fp16 gradients, see the host).
-    COMPUTE_DTYPE: float64 for a float64 GRAD, else float32.
-    EVEN: every tile lies inside (R, C) (see _tile_shape): no bounds masks.
+    EVEN: every tile lies inside (R, C): no bounds masks. COMPUTE_DTYPE: float64 for a float64 GRAD, else
+    float32.
     The common `loss.backward()` (factor 1) thus moves no gradient bytes and needs no host sync.
     """
     row_block = tl.program_id(0)
@@ -265,14 +300,14 @@ def soft_margin_scale_grad_kernel(
 
 
 # The forward writes only fresh buffers, except in-place mode where GRAD aliases X: that variant restores
-# GRAD (hence X) after each benchmarked config. The scale kernel is in place by nature.
-_FORWARD_KEY = ["SPAN", "MLSM_FORM", "SPARSE_TARGET", "HAS_WEIGHT", "HAS_POS_WEIGHT"]
-soft_margin_forward = triton.autotune(tile_configs(), key=_FORWARD_KEY)(
-    _tile_shape(soft_margin_forward_kernel)
+# GRAD (hence X) after each benchmarked config. The scale kernel is in place by nature. The autotuner's key
+# holds every tensor argument's dtype, so which pointers are None tells the variants apart too.
+soft_margin_forward = triton.autotune(tile_configs(), key=["SPAN", "MLSM_FORM"])(
+    _forward_heuristics(soft_margin_forward_kernel)
 )
-soft_margin_forward_into_logits = triton.autotune(tile_configs(), key=_FORWARD_KEY, restore_value=["GRAD"])(
-    _tile_shape(soft_margin_forward_kernel)
-)
+soft_margin_forward_into_logits = triton.autotune(
+    tile_configs(), key=["SPAN", "MLSM_FORM"], restore_value=["GRAD"]
+)(_forward_heuristics(soft_margin_forward_kernel))
 soft_margin_scale_grad = triton.autotune(tile_configs(), key=["SPAN"], restore_value=["GRAD"])(
-    _tile_shape(soft_margin_scale_grad_kernel)
+    _scale_grad_heuristics(soft_margin_scale_grad_kernel)
 )

@@ -28,9 +28,11 @@ from softmargin_triton.soft_margin import (
     _FLOAT_DTYPES,
     _resolve_reduction,
     _rows_view,
+    launch,
     multilabel_soft_margin_loss,
     precise_math,
     soft_margin_scale_grad_,
+    strides_2d,
 )
 from softmargin_triton.sparse_targets import SparseTargets, positive_rows
 
@@ -117,52 +119,39 @@ def _chunk_triton(
     partial = torch.zeros(
         (rows, triton.cdiv(labels, kernels.MIN_BLOCK_L)), dtype=torch.float32, device=input.device
     )
-    unused = input  # placeholder pointer for operands a constexpr flag switches off
-    args = (
-        input,
-        weight,
-        unused if bias is None else bias,
-        unused if target is None else target,
-        unused if positives_start is None else positives_start,
-        unused if positives_stop is None else positives_stop,
-        unused if indices is None else indices,
-        unused if label_weight is None else label_weight,
-        unused if pos_weight is None else pos_weight,
-        unused if row_scale is None else row_scale,
-        unused if grad is None else grad,
-        partial,
-        rows,
-        dim,
-        labels,
-        start,
-        label_offset,
-        *input.stride(),
-        *weight.stride(),
-        bias.stride(0) if bias is not None else 0,
-        *(target.stride() if target is not None else (0, 0)),
-        *(label_weight.stride() if label_weight is not None else (0, 0)),
-        *(pos_weight.stride() if pos_weight is not None else (0, 0)),
-        grad.stride(0) if grad is not None else 0,
-        partial.stride(0),
-    )
-    constexprs = dict(
-        HAS_BIAS=bias is not None,
-        SPARSE_TARGET=target is None,
-        HAS_LABEL_WEIGHT=label_weight is not None,
-        HAS_POS_WEIGHT=pos_weight is not None,
-        HAS_ROW_SCALE=row_scale is not None,
-        WRITE_GRAD=grad is not None,
+    launch(
+        kernels.linear_soft_margin_chunk,
+        lambda meta: (triton.cdiv(rows, meta["BLOCK_B"]), triton.cdiv(labels, meta["BLOCK_L"])),
+        kernels.HEURISTIC_CONFIG,
+        E=input,
+        W=weight,
+        BIAS=bias,
+        Y=target,
+        POSITIVES_START=positives_start,
+        POSITIVES_STOP=positives_stop,
+        INDICES=indices,
+        LW=label_weight,
+        PW=pos_weight,
+        ROW_SCALE=row_scale,
+        G=grad,
+        PARTIAL=partial,
+        B=rows,
+        D=dim,
+        chunk_labels=labels,
+        label_start=start,
+        label_id_offset=label_offset,
+        **strides_2d("e", input),
+        **strides_2d("w", weight),
+        stride_bias=0 if bias is None else bias.stride(0),
+        **strides_2d("y", target),
+        **strides_2d("lw", label_weight),
+        **strides_2d("pw", pos_weight),
+        stride_g_row=0 if grad is None else grad.stride(0),
+        stride_partial_row=partial.stride(0),
         DOT_PRECISION=_dot_precision(input.dtype),
         DOT_IN_FP32=TRITON_INTERPRETED,
         PRECISE=precise_math(input.dtype, out_dtype),
     )
-    if TRITON_INTERPRETED:  # the interpreter cannot benchmark configs: the heuristic one
-        config = kernels.HEURISTIC_CONFIG
-        grid = (triton.cdiv(rows, config["BLOCK_B"]), triton.cdiv(labels, config["BLOCK_L"]))
-        kernels.linear_soft_margin_chunk.fn[grid](*args, **constexprs, **config)
-    else:
-        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_B"]), triton.cdiv(labels, meta["BLOCK_L"]))
-        kernels.linear_soft_margin_chunk[grid](*args, **constexprs)
     return partial.sum(dim=1)
 
 

@@ -54,11 +54,6 @@ _INTEGER_TARGET_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torc
 # --------------------------------------------------------------------------------------------------------
 
 
-def _compute_dtype(dtype: torch.dtype):
-    """Kernel arithmetic: float64 for float64 logits, float32 for everything else."""
-    return triton.language.float64 if dtype == torch.float64 else triton.language.float32
-
-
 def precise_math(input_dtype: torch.dtype, loss_dtype: torch.dtype) -> bool:
     """The kernels' PRECISE flag (kernels/sigmoid_bce.py): their fast math is below the rounding of a
     16-bit loss and a 16-bit gradient (the input's dtype), not of a 32- or 64-bit one."""
@@ -66,12 +61,19 @@ def precise_math(input_dtype: torch.dtype, loss_dtype: torch.dtype) -> bool:
     return not (input_dtype in half and loss_dtype in half)
 
 
-def _launch(autotuned, grid, *args, **constexprs) -> None:
-    """Run an autotuned kernel; under the interpreter, which cannot benchmark, with the heuristic config."""
+def launch(autotuned, grid, heuristic_config: dict, **kwargs) -> None:
+    """Run an autotuned kernel with keyword arguments; under Triton's interpreter, which cannot benchmark,
+    its heuristics-wrapped kernel with `heuristic_config`."""
     if TRITON_INTERPRETED:
-        autotuned.fn[grid](*args, **constexprs, **kernels.HEURISTIC_CONFIG)
+        autotuned.fn[grid](**kwargs, **heuristic_config)
     else:
-        autotuned[grid](*args, **constexprs)
+        autotuned[grid](**kwargs)
+
+
+def strides_2d(name: str, tensor: Tensor | None) -> dict[str, int]:
+    """A kernel's stride_<name>_row / stride_<name>_col arguments for a 2-D tensor, 0 where it is None."""
+    row, col = (0, 0) if tensor is None else tensor.stride()
+    return {f"stride_{name}_row": row, f"stride_{name}_col": col}
 
 
 def _tile_grid(rows: int, num_spans: int):
@@ -106,37 +108,29 @@ def _launch_forward(
     """The tiled forward kernel, over a dense target or the positives indptr/indices."""
     rows, cols = input.shape
     span = kernels.span_for(cols)
-    unused = input  # placeholder pointer for operands a constexpr flag switches off
-    kernel = kernels.soft_margin_forward_into_logits if grad is input else kernels.soft_margin_forward
-    _launch(
-        kernel,
+    launch(
+        kernels.soft_margin_forward_into_logits if grad is input else kernels.soft_margin_forward,
         _tile_grid(rows, triton.cdiv(cols, span)),
-        input,
-        unused if target is None else target,
-        unused if indptr is None else indptr,
-        unused if indices is None else indices,
-        unused if weight is None else weight,
-        unused if pos_weight is None else pos_weight,
-        unused if grad is None else grad,
-        unused if loss is None else loss,
-        unused if partial is None else partial,
-        rows,
-        cols,
-        *input.stride(),
-        *(target.stride() if target is not None else (0, 0)),
-        *(weight.stride() if weight is not None else (0, 0)),
-        *(pos_weight.stride() if pos_weight is not None else (0, 0)),
-        *(grad.stride() if grad is not None else (0, 0)),
-        grad_scale,
+        kernels.HEURISTIC_CONFIG,
+        X=input,
+        Y=target,
+        INDPTR=indptr,
+        INDICES=indices,
+        W=weight,
+        PW=pos_weight,
+        GRAD=grad,
+        LOSS=loss,
+        PARTIAL=partial,
+        R=rows,
+        C=cols,
+        **strides_2d("x", input),
+        **strides_2d("y", target),
+        **strides_2d("w", weight),
+        **strides_2d("pw", pos_weight),
+        **strides_2d("grad", grad),
+        grad_scale=grad_scale,
         SPAN=span,
         MLSM_FORM=loss_form == "mlsm",
-        SPARSE_TARGET=target is None,
-        HAS_WEIGHT=weight is not None,
-        HAS_POS_WEIGHT=pos_weight is not None,
-        WRITE_GRAD=grad is not None,
-        WRITE_LOSS=loss is not None,
-        WRITE_PARTIAL=partial is not None,
-        COMPUTE_DTYPE=_compute_dtype(input.dtype),
         PRECISE=precise_math(input.dtype, out_dtype),
     )
 
@@ -178,18 +172,18 @@ def _soft_margin_forward_triton(
 def _soft_margin_scale_grad_triton(grad: Tensor, grad_output: Tensor, scale: float) -> None:
     rows, cols = grad.shape
     span = kernels.span_for(cols)
-    _launch(
+    launch(
         kernels.soft_margin_scale_grad,
         _tile_grid(rows, triton.cdiv(cols, span)),
-        grad,
-        grad_output,
-        rows,
-        cols,
-        *grad.stride(),
-        *grad_output.stride(),
-        scale,
+        kernels.HEURISTIC_CONFIG,
+        GRAD=grad,
+        GRAD_OUTPUT=grad_output,
+        R=rows,
+        C=cols,
+        **strides_2d("grad", grad),
+        **strides_2d("go", grad_output),
+        scale=scale,
         SPAN=span,
-        COMPUTE_DTYPE=_compute_dtype(grad.dtype),
     )
 
 
