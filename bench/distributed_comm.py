@@ -58,7 +58,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 POSITIVES_PER_ROW = 5.45  # Amazon-670K's average
 # The formula's constants: the agreement step gathers an error flag and the call's fields per rank, as
 # int64; the positives travel as int64 row counts and int64 label ids.
-AGREEMENT_INTS, INT64_BYTES, ID_BYTES = 1 + len(sharded._CALL_FIELDS), 8, 8
+AGREEMENT_INTS, INT64_BYTES, ID_BYTES = 1 + len(sharded.CALL_FIELDS), 8, 8
 # (collective, site) in the order of the tables' columns
 SITES = [
     ("all_gather", "agreement"),

@@ -37,10 +37,9 @@ import triton.language as tl
 from torch import Tensor
 
 from softmargin_triton.backend import TRITON_INTERPRETED
-from softmargin_triton.kernels.linear_soft_margin import logits_tile, operand_block
 from softmargin_triton.kernels.sigmoid_bce import sigmoid_bce
-from softmargin_triton.kernels.soft_margin import mark_positives, positives_in_range
-from softmargin_triton.linear_soft_margin import _dot_precision
+from softmargin_triton.kernels.tiles import logits_tile, mark_positives, operand_block, positives_in_range
+from softmargin_triton.linear_soft_margin import dot_precision
 from softmargin_triton.soft_margin import soft_margin_scale_grad_
 from softmargin_triton.sparse_targets import SparseTargets
 
@@ -227,7 +226,7 @@ def _tiled_forward(
         bias.stride(0) if bias is not None else 0,
     )
     constexprs = dict(
-        HAS_BIAS=bias is not None, DOT_PRECISION=_dot_precision(input.dtype), DOT_IN_FP32=TRITON_INTERPRETED
+        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(input.dtype), DOT_IN_FP32=TRITON_INTERPRETED
     )
     if TRITON_INTERPRETED:  # the interpreter cannot benchmark configs: the heuristic one
         config = HEURISTIC_CONFIG

@@ -26,24 +26,16 @@ _BACKENDS = ("auto", "torch", "triton")
 try:
     import triton  # noqa: F401
 
+    from softmargin_triton.kernels import sigmoid_bce as _kernel_math
     from softmargin_triton.kernels import soft_margin as _kernels
 
     TRITON_IMPORT_ERROR: Exception | None = None
+    # Fixed when triton decorates the kernels (TRITON_INTERPRET=1 at import selects its CPU interpreter).
+    TRITON_INTERPRETED = bool(_kernel_math.INTERPRETED)
 except ImportError as error:  # e.g. a platform without triton wheels: the torch reference still works
     _kernels = None
     TRITON_IMPORT_ERROR = error
-
-
-def _kernels_interpreted() -> bool:
-    if _kernels is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_kernels.soft_margin_forward_kernel, InterpretedFunction)
-
-
-# Fixed when triton decorates the kernels (TRITON_INTERPRET=1 at import selects its CPU interpreter).
-TRITON_INTERPRETED = _kernels_interpreted()
+    TRITON_INTERPRETED = False
 
 # Innermost active `use_backend` choice; process-wide, like the environment variable it overrides.
 _override_stack: list[str] = []

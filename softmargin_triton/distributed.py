@@ -32,14 +32,14 @@ import torch.distributed.nn
 from torch import Tensor, nn
 
 from softmargin_triton.backend import use_triton_for
+from softmargin_triton.common import FLOAT_DTYPES, REDUCTIONS, resolve_reduction, rows_view
 from softmargin_triton.linear_soft_margin import (
-    _autocast_operands,
-    _check_operands,
-    _LinearSoftMarginFunction,
-    _merge_topk,
+    LinearSoftMarginFunction,
+    autocast_operands,
+    check_operands,
+    merge_topk,
     streaming_topk,
 )
-from softmargin_triton.soft_margin import _FLOAT_DTYPES, _resolve_reduction, _rows_view
 from softmargin_triton.sparse_targets import SparseTargets
 
 __all__ = [
@@ -49,9 +49,8 @@ __all__ = [
     "sharded_linear_multilabel_soft_margin_loss",
 ]
 
-_REDUCTIONS = ("none", "mean", "sum")
 # What every rank reports to the call's agreement step (see _local_call).
-_CALL_FIELDS = (
+CALL_FIELDS = (
     "rows",
     "dim",
     "label_start",
@@ -279,9 +278,9 @@ def _local_call(
     """This rank's checks, its operands as the chunk loop takes them (under autocast in its dtype; label
     dimensions cut to the shard, viewed as rows), and the fields all ranks must agree on; raises on a bad
     argument."""
-    reduction = _resolve_reduction(None, None, reduction)
-    input, weight_shard, bias_shard = _autocast_operands(input, weight_shard, bias_shard)
-    out_dtype = _check_operands(
+    reduction = resolve_reduction(None, None, reduction)
+    input, weight_shard, bias_shard = autocast_operands(input, weight_shard, bias_shard)
+    out_dtype = check_operands(
         input, weight_shard, target, bias_shard, label_weight, pos_weight, num_labels, "weight_shard"
     )
     shard_labels = weight_shard.shape[0]
@@ -309,7 +308,7 @@ def _local_call(
         given = tuple(operand.shape)  # for the message: the shape the caller passed, not the shard's
         if operand.dim() > 0 and operand.shape[-1] == num_labels:
             operand = operand[..., label_start:stop]
-        view = _rows_view(operand, shard_shape, shard_labels)
+        view = rows_view(operand, shard_shape, shard_labels)
         if view is None or (data_parallel and rows > 1 and view.stride(0) != 0):
             raise NotImplementedError(
                 f"{name} of shape {given}: the sharded loss takes weights whose leading dimensions view "
@@ -341,11 +340,11 @@ def _local_call(
             label_start=label_start,
             shard_labels=shard_labels,
             num_labels=num_labels,
-            reduction=_REDUCTIONS.index(reduction),
+            reduction=REDUCTIONS.index(reduction),
             data_parallel=int(data_parallel),
             sparse=int(sparse),
-            dtype=_FLOAT_DTYPES.index(input.dtype),
-            out_dtype=_FLOAT_DTYPES.index(out_dtype),
+            dtype=FLOAT_DTYPES.index(input.dtype),
+            out_dtype=FLOAT_DTYPES.index(out_dtype),
             bias=int(bias_shard is not None),
             input_grad=int(input_grad),
             graph=int(graph),  # whether backward runs, and with it the backward's collectives
@@ -412,7 +411,7 @@ def sharded_linear_multilabel_soft_margin_loss(
         )
     except Exception as caught:  # whatever fails here must reach the other ranks, or they would wait
         call, error = None, caught
-    fields = call["fields"] if call else dict.fromkeys(_CALL_FIELDS, 0)
+    fields = call["fields"] if call else dict.fromkeys(CALL_FIELDS, 0)
     comm = _collectives(group)
     table = _agree(fields, error, comm)
     _require_equal(table, "num_labels", "rows", "dim", "reduction", "data_parallel", "sparse", "dtype")
@@ -437,7 +436,7 @@ def sharded_linear_multilabel_soft_margin_loss(
     # Shares are summed over ranks in at least fp32, and rounded to the loss's dtype once, after the sum.
     share_dtype = torch.promote_types(call["out_dtype"], torch.float32)
     with torch.autocast(input.device.type, enabled=False):  # the chunk loop picks its own precisions
-        share = _LinearSoftMarginFunction.apply(
+        share = LinearSoftMarginFunction.apply(
             features,
             weight_shard,
             bias_shard,
@@ -493,7 +492,7 @@ def _sharded_topk(
     gathered_labels = comm.all_gather_rows(labels, "top-k candidates").view(world, -1, k)
     gathered_values = gathered_values.permute(1, 0, 2).flatten(1)
     gathered_labels = gathered_labels.permute(1, 0, 2).flatten(1)
-    values, labels = _merge_topk(gathered_values, gathered_labels, k)
+    values, labels = merge_topk(gathered_values, gathered_labels, k)
     if data_parallel:
         own = slice(comm.rank * rows, (comm.rank + 1) * rows)
         values, labels = values[own], labels[own]

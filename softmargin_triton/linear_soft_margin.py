@@ -4,7 +4,7 @@ Layers, bottom up:
 1. `linear_soft_margin_forward`: a torch.library custom op. It walks the labels in chunks sized to a bounded
    scratch; per chunk the Triton kernel (or the plain-torch reference) writes the gradient G w.r.t. the
    chunk's logits and the rows' loss, then two plain GEMMs fold G into dE and dW_c (db_c = column sums).
-2. `_LinearSoftMarginFunction`: autograd. 'mean' and 'sum' compute the loss and every gradient in the
+2. `LinearSoftMarginFunction`: autograd. 'mean' and 'sum' compute the loss and every gradient in the
    forward and the backward only scales them by grad_output (no bytes moved when it is 1); 'none' and
    fp16 recompute in the backward with grad_output as a per-row factor.
 3. `linear_multilabel_soft_margin_loss`: the functional API; `LinearMultiLabelSoftMarginLoss`: a module
@@ -19,21 +19,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
+from softmargin_triton.common import (
+    FLOAT_DTYPES,
+    compute_dtype,
+    launch,
+    precise_math,
+    resolve_reduction,
+    rows_view,
+    strides_2d,
+)
 from softmargin_triton.reference import (
     linear_soft_margin_chunk_reference,
     reduce_row_sums,
     reduction_grad_scale,
 )
-from softmargin_triton.soft_margin import (
-    _FLOAT_DTYPES,
-    _resolve_reduction,
-    _rows_view,
-    launch,
-    multilabel_soft_margin_loss,
-    precise_math,
-    soft_margin_scale_grad_,
-    strides_2d,
-)
+from softmargin_triton.soft_margin import multilabel_soft_margin_loss, soft_margin_scale_grad_
 from softmargin_triton.sparse_targets import SparseTargets, positive_rows
 
 if TRITON_IMPORT_ERROR is None:
@@ -69,7 +69,7 @@ def chunk_labels(rows: int, num_labels: int, bytes_per_element: int) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
+def dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs use tf32 only where torch's own matmuls would (torch.backends.cuda.matmul.allow_tf32).
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
@@ -148,7 +148,7 @@ def _chunk_triton(
         **strides_2d("pw", pos_weight),
         stride_g_row=0 if grad is None else grad.stride(0),
         stride_partial_row=partial.stride(0),
-        DOT_PRECISION=_dot_precision(input.dtype),
+        DOT_PRECISION=dot_precision(input.dtype),
         DOT_IN_FP32=TRITON_INTERPRETED,
         PRECISE=precise_math(input.dtype, out_dtype),
     )
@@ -207,19 +207,19 @@ def linear_soft_margin_forward(
     """
     rows, dim = input.shape
     num_labels = weight.shape[0]
-    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    accumulate_dtype = compute_dtype(input.dtype)
     grad_input = input.new_empty((rows, dim) if input_grad else (0,))
     grad_weight = weight.new_empty((num_labels, dim) if weight_grad else (0,))
     grad_bias = weight.new_empty((num_labels,) if bias_grad else (0,))
     with_grad = input_grad or weight_grad or bias_grad
     # Kernel: one G buffer in input's dtype. Torch: G plus its elementwise temporaries.
     bytes_per_element = (
-        input.element_size() if use_triton else _REFERENCE_TEMPORARIES * compute_dtype.itemsize
+        input.element_size() if use_triton else _REFERENCE_TEMPORARIES * accumulate_dtype.itemsize
     )
     chunk = chunk_labels(rows, num_labels, bytes_per_element)
-    row_sums = torch.zeros(rows, dtype=compute_dtype, device=input.device)
+    row_sums = torch.zeros(rows, dtype=accumulate_dtype, device=input.device)
     grad_input_sum = (
-        torch.zeros((rows, dim), dtype=compute_dtype, device=input.device) if input_grad else None
+        torch.zeros((rows, dim), dtype=accumulate_dtype, device=input.device) if input_grad else None
     )
     grad_buffer = input.new_empty((rows, chunk)) if with_grad and use_triton else None
     rows_of_positives = None if indptr is None or use_triton else positive_rows(indptr, indices.numel())
@@ -270,7 +270,7 @@ def linear_soft_margin_forward(
             chunk_grad = grad_weight[start:stop]
             torch.addmm(chunk_grad, grad.T, input, beta=0, alpha=grad_scale, out=chunk_grad)
         if bias_grad:
-            grad_bias[start:stop] = grad.sum(dim=0, dtype=compute_dtype) * grad_scale
+            grad_bias[start:stop] = grad.sum(dim=0, dtype=accumulate_dtype) * grad_scale
     if input_grad:
         grad_input.copy_(grad_input_sum * grad_scale)
     loss = reduce_row_sums(row_sums, "mlsm", reduction, loss_labels).to(out_dtype)
@@ -295,7 +295,7 @@ def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, ro
 # --------------------------------------------------------------------------------------------------------
 
 
-class _LinearSoftMarginFunction(torch.autograd.Function):
+class LinearSoftMarginFunction(torch.autograd.Function):
     """Gradients for input, weight and bias; callers route targets and weights that need one elsewhere.
 
     The target is `target` (R, L) or the positives `indptr`, `indices`; `label_offset` and `loss_labels`
@@ -356,7 +356,7 @@ class _LinearSoftMarginFunction(torch.autograd.Function):
         else:
             operands = ctx.saved_tensors
             input = operands[0]
-            row_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+            row_dtype = compute_dtype(input.dtype)
             row_scale = (grad_loss.to(row_dtype) * ctx.scale).expand(input.shape[0]).contiguous()
             _, *grads = linear_soft_margin_forward(
                 *operands, row_scale, 1.0, *ctx.labels, *ctx.needs, "none", ctx.out_dtype, ctx.use_triton
@@ -377,7 +377,7 @@ def _broadcasts_to(shape: torch.Size, target: tuple[int, ...]) -> bool:
         return False
 
 
-def _autocast_operands(
+def autocast_operands(
     input: Tensor, weight: Tensor, bias: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Under autocast, the GEMM's operands in the autocast dtype as F.linear would take them (float64 left
@@ -389,7 +389,7 @@ def _autocast_operands(
     return cast(input), cast(weight), cast(bias)
 
 
-def _check_operands(
+def check_operands(
     input: Tensor,
     weight: Tensor,
     target: Tensor | SparseTargets,
@@ -408,7 +408,7 @@ def _check_operands(
             f"{weight_name} {tuple(weight.shape)}"
         )
     if (
-        input.dtype not in _FLOAT_DTYPES
+        input.dtype not in FLOAT_DTYPES
         or weight.dtype != input.dtype
         or (bias is not None and bias.dtype != input.dtype)
     ):
@@ -470,19 +470,19 @@ def linear_multilabel_soft_margin_loss(
         Gradients flow to input, weight and bias. Memory beyond the outputs: one (N, L_c) gradient chunk,
         L_c chosen so that it fits `SOFTMARGIN_TRITON_SCRATCH_MB` (default 64), plus an fp32 (N, D) sum.
     """
-    reduction = _resolve_reduction(None, None, reduction)
-    input, weight, bias = _autocast_operands(input, weight, bias)
+    reduction = resolve_reduction(None, None, reduction)
+    input, weight, bias = autocast_operands(input, weight, bias)
     num_labels = weight.shape[0]
-    out_dtype = _check_operands(input, weight, target, bias, label_weight, pos_weight, num_labels)
+    out_dtype = check_operands(input, weight, target, bias, label_weight, pos_weight, num_labels)
     shape = (*input.shape[:-1], num_labels)
     sparse = isinstance(target, SparseTargets)
 
     rows = math.prod(input.shape[:-1])
     label_weight_rows = (
-        None if label_weight is None else _rows_view(label_weight, torch.Size(shape), num_labels)
+        None if label_weight is None else rows_view(label_weight, torch.Size(shape), num_labels)
     )
-    pos_weight_rows = None if pos_weight is None else _rows_view(pos_weight, torch.Size(shape), num_labels)
-    target_rows = target if sparse else _rows_view(target, torch.Size(shape), num_labels)
+    pos_weight_rows = None if pos_weight is None else rows_view(pos_weight, torch.Size(shape), num_labels)
+    target_rows = target if sparse else rows_view(target, torch.Size(shape), num_labels)
     differentiable = [t for t in (label_weight, pos_weight, None if sparse else target) if t is not None]
     if (
         math.prod(shape) == 0
@@ -504,7 +504,7 @@ def linear_multilabel_soft_margin_loss(
         return reduce_row_sums(terms.sum(dim=-1), "mlsm", reduction, num_labels).to(out_dtype)
 
     with torch.autocast(input.device.type, enabled=False):  # the chunk loop picks its own precisions
-        loss = _LinearSoftMarginFunction.apply(
+        loss = LinearSoftMarginFunction.apply(
             input.reshape(rows, input.shape[-1]),
             weight,
             bias,
@@ -523,7 +523,7 @@ def linear_multilabel_soft_margin_loss(
     return loss.view(input.shape[:-1]) if reduction == "none" else loss
 
 
-def _merge_topk(values: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def merge_topk(values: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k best of candidate (values, labels) pairs along the last dimension, best first."""
     values, order = values.topk(k, dim=-1)
     return values, labels.gather(-1, order)
@@ -543,7 +543,7 @@ def streaming_topk(input: Tensor, weight: Tensor, bias: Tensor | None, k: int) -
         stop = min(start + chunk, num_labels)
         chunk_bias = None if bias is None else bias[start:stop]
         values, labels = F.linear(input, weight[start:stop], chunk_bias).topk(min(k, stop - start), dim=-1)
-        best_values, best_labels = _merge_topk(
+        best_values, best_labels = merge_topk(
             torch.cat([best_values, values], -1), torch.cat([best_labels, labels + start], -1), k
         )
     return best_values, best_labels

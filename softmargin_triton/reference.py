@@ -10,6 +10,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from softmargin_triton.common import compute_dtype
+
 __all__ = [
     "linear_soft_margin_chunk_reference",
     "reduce_row_sums",
@@ -74,10 +76,6 @@ def _sigmoid_bce(
     return loss, grad
 
 
-def _compute_dtype(input: Tensor) -> torch.dtype:
-    return torch.float64 if input.dtype == torch.float64 else torch.float32
-
-
 def soft_margin_reference(
     input: Tensor,
     target: Tensor,
@@ -96,8 +94,8 @@ def soft_margin_reference(
     None; `reduction_grad_scale` gives the gradient of the reduced loss). The loss form decides where
     ±inf logits give NaN, as in the torch function it mirrors.
     """
-    compute_dtype = _compute_dtype(input)
-    x, y = input.to(compute_dtype), target.to(compute_dtype)
+    dtype = compute_dtype(input.dtype)
+    x, y = input.to(dtype), target.to(dtype)
     loss, grad = _sigmoid_bce(x, y, weight, pos_weight, loss_form, grad_scale is not None)
     if grad is not None:
         grad = (grad * grad_scale).to(input.dtype)
@@ -124,11 +122,11 @@ def linear_soft_margin_chunk_reference(
     gradient of the weighted elementwise loss w.r.t. the chunk's logits times row_scale, (R, L_c) in
     input's dtype (None unless with_grad).
     """
-    compute_dtype = _compute_dtype(input)
-    x = input.to(compute_dtype) @ weight_chunk.to(compute_dtype).T
+    dtype = compute_dtype(input.dtype)
+    x = input.to(dtype) @ weight_chunk.to(dtype).T
     if bias_chunk is not None:
-        x = x + bias_chunk.to(compute_dtype)
-    y = target_chunk.to(compute_dtype)
+        x = x + bias_chunk.to(dtype)
+    y = target_chunk.to(dtype)
     loss, grad = _sigmoid_bce(x, y, label_weight_chunk, pos_weight_chunk, "mlsm", with_grad)
     if grad is not None:
         grad = (grad if row_scale is None else grad * row_scale[:, None]).to(input.dtype)

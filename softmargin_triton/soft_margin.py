@@ -13,16 +13,21 @@ Layers, bottom up:
 4. `MultiLabelSoftMarginLoss` / `BCEWithLogitsLoss`: the torch modules with `forward` overridden.
 """
 
-import itertools
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.nn import _reduction
 
 from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
+from softmargin_triton.common import (
+    FLOAT_DTYPES,
+    compute_dtype,
+    launch,
+    precise_math,
+    resolve_reduction,
+    rows_view,
+    strides_2d,
+)
 from softmargin_triton.reference import (
     LossForm,
     reduce_row_sums,
@@ -34,7 +39,6 @@ from softmargin_triton.sparse_targets import SparseTargets, positives_to_dense
 if TRITON_IMPORT_ERROR is None:
     import triton
 
-    from softmargin_triton.backend import TRITON_INTERPRETED
     from softmargin_triton.kernels import soft_margin as kernels
 
 __all__ = [
@@ -44,36 +48,12 @@ __all__ = [
     "multilabel_soft_margin_loss",
 ]
 
-_REDUCTIONS = ("none", "mean", "sum")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INTEGER_TARGET_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 # --------------------------------------------------------------------------------------------------------
 # Launchers (Triton)
 # --------------------------------------------------------------------------------------------------------
-
-
-def precise_math(input_dtype: torch.dtype, loss_dtype: torch.dtype) -> bool:
-    """The kernels' PRECISE flag (kernels/sigmoid_bce.py): their fast math is below the rounding of a
-    16-bit loss and a 16-bit gradient (the input's dtype), not of a 32- or 64-bit one."""
-    half = (torch.float16, torch.bfloat16)
-    return not (input_dtype in half and loss_dtype in half)
-
-
-def launch(autotuned, grid, heuristic_config: dict, **kwargs) -> None:
-    """Run an autotuned kernel with keyword arguments; under Triton's interpreter, which cannot benchmark,
-    its heuristics-wrapped kernel with `heuristic_config`."""
-    if TRITON_INTERPRETED:
-        autotuned.fn[grid](**kwargs, **heuristic_config)
-    else:
-        autotuned[grid](**kwargs)
-
-
-def strides_2d(name: str, tensor: Tensor | None) -> dict[str, int]:
-    """A kernel's stride_<name>_row / stride_<name>_col arguments for a 2-D tensor, 0 where it is None."""
-    row, col = (0, 0) if tensor is None else tensor.stride()
-    return {f"stride_{name}_row": row, f"stride_{name}_col": col}
 
 
 def _tile_grid(rows: int, num_spans: int):
@@ -87,7 +67,7 @@ def _forward_outputs(
     rows, cols = input.shape
     if loss_form == "bce" and reduction == "none":
         return input.new_empty((rows, cols), dtype=out_dtype), None
-    partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    partial_dtype = compute_dtype(input.dtype)
     return None, input.new_empty((rows, triton.cdiv(cols, kernels.span_for(cols))), dtype=partial_dtype)
 
 
@@ -347,14 +327,6 @@ class _SoftMarginFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _resolve_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
-    if size_average is not None or reduce is not None:
-        reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{reduction!r} is not a valid value for reduction: use 'none', 'mean' or 'sum'")
-    return reduction
-
-
 def _check_logits(name: str, input: Tensor) -> None:
     if not input.is_floating_point():
         # torch raises NotImplementedError from log_sigmoid here; keep the class, name the problem.
@@ -381,18 +353,6 @@ def _broadcast_operand(name: str, operand: Tensor, shape: torch.Size) -> None:
         ) from error
 
 
-def _rows_view(tensor: Tensor, shape: torch.Size, cols: int) -> Tensor | None:
-    """`tensor` broadcast to `shape` and viewed as (numel/cols, cols) without a copy, or None if no view
-    exists (leading dimensions whose strides do not merge)."""
-    expanded = tensor.expand(shape)
-    sizes_strides = zip(expanded.shape[:-1], expanded.stride()[:-1], strict=True)
-    leading = [(size, stride) for size, stride in sizes_strides if size != 1]
-    for (_, outer_stride), (inner_size, inner_stride) in itertools.pairwise(leading):
-        if outer_stride != inner_stride * inner_size:
-            return None
-    return expanded.reshape(math.prod(shape[:-1]), cols)  # a view: the strides were just checked to merge
-
-
 def _fused(
     loss_form: LossForm,
     input: Tensor,
@@ -409,11 +369,11 @@ def _fused(
     differentiable = weights if sparse else [target, *weights]
     if (
         input.numel() == 0
-        or input.dtype not in _FLOAT_DTYPES
+        or input.dtype not in FLOAT_DTYPES
         or target.shape != input.shape
-        or not (sparse or target.dtype in _FLOAT_DTYPES or target.dtype in _INTEGER_TARGET_DTYPES)
+        or not (sparse or target.dtype in FLOAT_DTYPES or target.dtype in _INTEGER_TARGET_DTYPES)
         or any(t.device != input.device for t in [target, *weights])
-        or any(t.dtype not in _FLOAT_DTYPES for t in weights)
+        or any(t.dtype not in FLOAT_DTYPES for t in weights)
         or (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
     ):
         return None
@@ -422,10 +382,10 @@ def _fused(
     for t in weights:
         if torch.broadcast_shapes(t.shape, shape) != shape:  # a weight that broadcasts beyond the input
             return None
-    input_rows = _rows_view(input, shape, cols)
-    target_rows = target if sparse else _rows_view(target, shape, cols)  # sparse: input is (R, C) already
-    weight_rows = None if weight is None else _rows_view(weight, shape, cols)
-    pos_weight_rows = None if pos_weight is None else _rows_view(pos_weight, shape, cols)
+    input_rows = rows_view(input, shape, cols)
+    target_rows = target if sparse else rows_view(target, shape, cols)  # sparse: input is (R, C) already
+    weight_rows = None if weight is None else rows_view(weight, shape, cols)
+    pos_weight_rows = None if pos_weight is None else rows_view(pos_weight, shape, cols)
     if input_rows is None or target_rows is None:
         return None
     if (weight is not None and weight_rows is None) or (pos_weight is not None and pos_weight_rows is None):
@@ -484,7 +444,7 @@ def multilabel_soft_margin_loss(
         The loss in the type promotion of input, target and weight, as torch (a SparseTargets counts as
         a target of input's dtype).
     """
-    reduction = _resolve_reduction(size_average, reduce, reduction)
+    reduction = resolve_reduction(size_average, reduce, reduction)
     _check_logits("multilabel_soft_margin_loss", input)
     if weight is not None:
         _broadcast_operand("weight", weight, input.shape)
@@ -535,7 +495,7 @@ def binary_cross_entropy_with_logits(
         The loss in target's dtype, as torch (input's dtype for bool/uint8 and sparse targets); float32
         under autocast, where torch runs this loss in float32.
     """
-    reduction = _resolve_reduction(size_average, reduce, reduction)
+    reduction = resolve_reduction(size_average, reduce, reduction)
     _check_logits("binary_cross_entropy_with_logits", input)
     if target.shape != input.shape:
         raise ValueError(f"Target size ({target.shape}) must be the same as input size ({input.size()})")

@@ -28,7 +28,7 @@ def positives_to_dense(indptr: Tensor, indices: Tensor, num_labels: int, dtype: 
     return dense
 
 
-def _index_dtype(num_labels: int) -> torch.dtype:
+def index_dtype(num_labels: int) -> torch.dtype:
     return torch.int32 if num_labels <= torch.iinfo(torch.int32).max else torch.int64
 
 
@@ -135,7 +135,7 @@ class SparseTargets:
         counts = torch.bincount(rows, minlength=num_rows)
         indptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=keys.device)
         torch.cumsum(counts, 0, out=indptr[1:])
-        indices = (keys - rows * num_labels).to(_index_dtype(num_labels))
+        indices = (keys - rows * num_labels).to(index_dtype(num_labels))
         return cls.from_canonical(indptr, indices, num_labels)
 
     @classmethod
@@ -198,7 +198,7 @@ class SparseTargets:
         rows, labels = tensor.nonzero(as_tuple=True)  # row-major: already sorted, no repeats
         indptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=tensor.device)
         torch.cumsum(torch.bincount(rows, minlength=num_rows), 0, out=indptr[1:])
-        return cls.from_canonical(indptr, labels.to(_index_dtype(num_labels)), num_labels)
+        return cls.from_canonical(indptr, labels.to(index_dtype(num_labels)), num_labels)
 
     @property
     def shape(self) -> torch.Size:

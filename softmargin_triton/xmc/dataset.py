@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from softmargin_triton.sparse_targets import SparseTargets, _index_dtype, positive_rows
+from softmargin_triton.sparse_targets import SparseTargets, index_dtype, positive_rows
 
 __all__ = ["SparseFeatures", "XMCDataset"]
 
@@ -167,5 +167,5 @@ def dataset_from_chunks(
     label_ptr, label_ids, _ = labels.finish()
     return XMCDataset(
         SparseFeatures(feature_ptr, feature_ids, values, num_features),
-        SparseTargets(label_ptr, label_ids.to(_index_dtype(num_labels)), num_labels),
+        SparseTargets(label_ptr, label_ids.to(index_dtype(num_labels)), num_labels),
     )
