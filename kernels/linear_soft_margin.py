@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .sigmoid_bce import negative_bce, positive_bce, sigmoid_bce
-from .soft_margin import positives_in_range
+from .tiles import logits_tile, positives_in_range
 
 
 def chunk_configs() -> list[triton.Config]:
@@ -45,41 +45,6 @@ HEURISTIC_CONFIG = {"BLOCK_B": 16, "BLOCK_L": 32, "BLOCK_D": 16, "num_warps": 4}
 # The partial-sum buffer has a column per BLOCK_L labels of the narrowest config, zero-filled, so the host
 # sizes it without knowing which config the autotuner picks.
 MIN_BLOCK_L = min([HEURISTIC_CONFIG["BLOCK_L"]] + [config.kwargs["BLOCK_L"] for config in chunk_configs()])
-
-
-@triton.jit
-def operand_block(ROWS, row_mask, ds, d_mask, stride_d, IN_FP32: tl.constexpr):
-    """Columns `ds` of a GEMM operand's rows whose starts are the pointers ROWS, zero where masked
-    (upcast if IN_FP32)."""
-    block = tl.load(ROWS[:, None] + ds[None, :] * stride_d, mask=row_mask[:, None] & d_mask[None, :], other=0)
-    if IN_FP32:
-        block = block.to(tl.float32)
-    return block
-
-
-@triton.jit
-def logits_tile(
-    E_ROWS,
-    W_ROWS,
-    row_mask,
-    col_mask,
-    D,
-    stride_e_col,
-    stride_w_col,
-    BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
-):
-    """E[rows] · W[labels]ᵀ for the row starts E_ROWS (BLOCK_B,) and W_ROWS (BLOCK_L,): a (BLOCK_B, BLOCK_L)
-    fp32 tile, accumulated over D in BLOCK_D steps on tensor cores (the chunk kernel explains the flags)."""
-    acc = tl.zeros([E_ROWS.shape[0], W_ROWS.shape[0]], tl.float32)
-    for d0 in tl.range(0, D, BLOCK_D):
-        ds = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)  # int64: a transposed operand's offsets pass 2^31
-        d_mask = ds < D
-        e = operand_block(E_ROWS, row_mask, ds, d_mask, stride_e_col, DOT_IN_FP32)
-        w = operand_block(W_ROWS, col_mask, ds, d_mask, stride_w_col, DOT_IN_FP32)
-        acc = tl.dot(e, tl.trans(w), acc, input_precision=DOT_PRECISION)
-    return acc
 
 
 @triton.jit

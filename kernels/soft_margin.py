@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .sigmoid_bce import negative_bce, sigmoid_bce
+from .tiles import load_tile, mark_positives, positives_in_range, store_tile
 
 # Largest span one program reduces to a single partial; the host grows it only past grid-y's 65535 limit.
 MAX_SPAN = 8192
@@ -74,57 +75,6 @@ _forward_heuristics = triton.heuristics(
 _scale_grad_heuristics = triton.heuristics(
     {**_SHAPE_HEURISTICS, "COMPUTE_DTYPE": lambda args: _compute_dtype(args["GRAD"])}
 )
-
-
-@triton.jit
-def load_tile(ptrs, mask, other, EVEN: tl.constexpr):
-    """tl.load of a tile, masked unless EVEN (every element in bounds)."""
-    if EVEN:
-        return tl.load(ptrs)
-    else:
-        return tl.load(ptrs, mask=mask, other=other)
-
-
-@triton.jit
-def store_tile(ptrs, values, mask, EVEN: tl.constexpr):
-    """tl.store of a tile, masked unless EVEN (every element in bounds)."""
-    if EVEN:
-        tl.store(ptrs, values)
-    else:
-        tl.store(ptrs, values, mask=mask)
-
-
-@triton.jit
-def positives_in_range(STARTS, STOPS, INDICES, rows, row_mask, lo, hi):
-    """Each row's positives with label ids in [lo, hi): the sorted ids [first, first + inside) of INDICES.
-
-    Row r's candidates are INDICES[STARTS[r]:STOPS[r]], sorted (a compressed row pointer gives STARTS =
-    INDPTR, STOPS = INDPTR + 1); one scan over a row's few ids per program (their largest count reduced as
-    int32, one warp instruction on sm_80+); int64 (BLOCK_R,) results.
-    """
-    row_start = tl.load(STARTS + rows, mask=row_mask, other=0)
-    row_count = tl.load(STOPS + rows, mask=row_mask, other=0) - row_start
-    before = tl.zeros_like(row_start)
-    inside = tl.zeros_like(row_start)
-    for j in tl.range(0, tl.max(row_count.to(tl.int32), axis=0)):
-        has = j < row_count
-        label = tl.load(INDICES + row_start + j, mask=has, other=0).to(tl.int64)
-        before += (has & (label < lo)).to(tl.int64)
-        inside += (has & (label >= lo) & (label < hi)).to(tl.int64)
-    return row_start + before, inside
-
-
-@triton.jit
-def mark_positives(
-    INDICES, first, inside, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, DTYPE: tl.constexpr
-):
-    """The (BLOCK_R, BLOCK_C) 0/1 target of a tile whose column ids are `cols`, from each row's positives
-    [first, first + inside) (see positives_in_range): one compare of the tile per positive in range."""
-    y = tl.zeros([BLOCK_R, BLOCK_C], DTYPE)
-    for j in tl.range(0, tl.max(inside.to(tl.int32), axis=0)):
-        label = tl.load(INDICES + first + j, mask=j < inside, other=-1).to(tl.int64)
-        y = tl.where(label[:, None] == cols[None, :], 1.0, y)
-    return y
 
 
 @triton.jit
