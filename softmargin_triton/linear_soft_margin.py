@@ -85,8 +85,8 @@ def _positive_keys(indptr: Tensor, indices: Tensor) -> tuple[Tensor, int]:
 def _positives_within(keys: Tensor, stride: int, rows: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
     """(start, stop), (rows,) int64 each: row r's positives with ids in [lo, hi) are indices[start:stop]."""
     first_key = torch.arange(rows, device=keys.device) * stride
-    bounds = torch.searchsorted(keys, torch.stack((first_key + lo, first_key + hi), dim=1))
-    return bounds[:, 0].contiguous(), bounds[:, 1].contiguous()
+    start, stop = torch.searchsorted(keys, torch.stack((first_key + lo, first_key + hi)))
+    return start, stop
 
 
 def _chunk_triton(
