@@ -208,7 +208,7 @@ def _scale_grad_args(dtype: str, rows: int, cols: int) -> dict[str, object]:
 def _tile_constexprs(config: triton.Config, args: dict, flags: dict) -> dict:
     """The soft-margin kernels' block shape from TILE and whether every tile is full (their heuristics)."""
     shape = soft_margin.tile_shape(config.kwargs["TILE"], flags["SPAN"])
-    even = args["C"] % flags["SPAN"] == 0 and args["R"] % shape["BLOCK_R"] == 0
+    even = soft_margin.tiles_even(args["R"], args["C"], flags["SPAN"], shape["BLOCK_R"])
     return {**config.kwargs, **shape, "EVEN": even}
 
 

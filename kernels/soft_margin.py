@@ -47,6 +47,11 @@ def tile_shape(tile: int, span: int) -> dict[str, int]:
     return {"BLOCK_C": block_c, "BLOCK_R": tile // block_c}
 
 
+def tiles_even(rows: int, cols: int, span: int, block_r: int) -> bool:
+    """Whether every tile is full: spans of SPAN columns and blocks of BLOCK_R rows (nothing to mask)."""
+    return cols % span == 0 and rows % block_r == 0
+
+
 def _compute_dtype(tensor) -> tl.dtype:
     """float64 arithmetic for float64 data, float32 for everything else."""
     return tl.float64 if tensor.element_size() == 8 else tl.float32
@@ -58,7 +63,7 @@ def _compute_dtype(tensor) -> tl.dtype:
 _SHAPE_HEURISTICS = {
     "BLOCK_C": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_C"],
     "BLOCK_R": lambda args: tile_shape(args["TILE"], args["SPAN"])["BLOCK_R"],
-    "EVEN": lambda args: args["C"] % args["SPAN"] == 0 and args["R"] % args["BLOCK_R"] == 0,
+    "EVEN": lambda args: tiles_even(args["R"], args["C"], args["SPAN"], args["BLOCK_R"]),
 }
 _forward_heuristics = triton.heuristics(
     {
