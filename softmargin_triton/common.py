@@ -22,6 +22,15 @@ def resolve_reduction(size_average: bool | None, reduce: bool | None, reduction:
     return reduction
 
 
+def check_label_smoothing(label_smoothing: float) -> float:
+    """ε of the smoothed targets y·(1 − ε) + ε/2 (Keras' BinaryCrossentropy), checked: a number in [0, 1)."""
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(f"label_smoothing must be a float, got {type(label_smoothing).__name__}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    return float(label_smoothing)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The arithmetic's dtype for data of `dtype`: float64 for float64, float32 for everything else."""
     return torch.float64 if dtype == torch.float64 else torch.float32
