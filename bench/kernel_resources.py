@@ -136,6 +136,7 @@ def _linear_chunk_args(dtype: str, rows: int, dim: int, chunk: int, dense_target
         "chunk_labels": chunk,
         "label_start": chunk,
         "label_id_offset": 0,
+        "label_smoothing": 0.0,  # a runtime scalar: only the SMOOTH flag changes the code
         "stride_e_row": dim,
         "stride_e_col": 1,
         "stride_w_row": dim,
@@ -163,6 +164,7 @@ def _linear_chunk_flags(sparse: bool, dtype: str, weights: bool, **flags: object
         DOT_PRECISION="tf32" if dtype == "*fp32" else "ieee",
         DOT_IN_FP32=False,
         PRECISE=dtype == "*fp32",  # the loss in the logits' dtype
+        SMOOTH=False,
     )
     return {**base, **flags}
 
@@ -289,10 +291,22 @@ KERNELS = {
                 headline=True,
             ),
             Variant(
+                "bf16-sparse-smoothed",
+                _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=False),
+                _linear_chunk_flags(sparse=True, dtype="*bf16", weights=False, SMOOTH=True),
+                bytes_per_element=2,
+            ),
+            Variant(
                 "bf16-uint8",
                 _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=True),
                 _linear_chunk_flags(sparse=False, dtype="*bf16", weights=False),
                 bytes_per_element=3,  # uint8 target read, bf16 G written
+            ),
+            Variant(
+                "bf16-uint8-smoothed",
+                _linear_chunk_args("*bf16", 8192, 768, 4096, dense_target=True),
+                _linear_chunk_flags(sparse=False, dtype="*bf16", weights=False, SMOOTH=True),
+                bytes_per_element=3,
             ),
             Variant(
                 "bf16-uint8-weighted",

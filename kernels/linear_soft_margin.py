@@ -9,6 +9,10 @@ Sparse targets need no target tile: the epilogue first treats every label of the
 softplus(x), gradient σ(x)), then corrects the tile's few positives one by one (each row's positives in
 range, from the compressed rows), their loss and gradient computed in fp32 from the tile's own logits.
 Holding no 0/1 tile keeps a 128×128 tile's epilogue in registers (bench/kernel_resources.py).
+
+Label smoothing ε moves every target y to y·(1 − ε) + ε/2 (one FMA on the loaded dense target); with sparse
+targets the first pass takes every label at the constant target ε/2 and the positives' correction at
+1 − ε/2. ε = 0 compiles to the kernel without either (the SMOOTH flag).
 """
 
 import triton
@@ -68,6 +72,8 @@ def linear_soft_margin_chunk_kernel(
     chunk_labels,
     label_start,
     label_id_offset,
+    # scalars
+    label_smoothing,
     # strides (0 for an absent tensor)
     stride_e_row,
     stride_e_col,
@@ -97,6 +103,7 @@ def linear_soft_margin_chunk_kernel(
     HAS_POS_WEIGHT: tl.constexpr,
     HAS_ROW_SCALE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
+    SMOOTH: tl.constexpr,
 ):
     """One (BLOCK_B rows × BLOCK_L labels) tile of a label chunk: logits, loss partials, gradient.
 
@@ -117,6 +124,7 @@ def linear_soft_margin_chunk_kernel(
              left to the GEMMs that consume G (their alpha), so fp16 never holds it.
     PARTIAL: (B, ≥ cdiv(chunk_labels, BLOCK_L)) contiguous float32, stride_partial_row: each row's weighted
              loss over the tile, in column pid_l.
+    label_smoothing: ε in [0, 1), float32: targets y·(1 − ε) + ε/2; read only where SMOOTH (ε ≠ 0).
     DOT_PRECISION: tl.dot's input precision for float32 inputs ("ieee", or "tf32" when torch allows it).
     DOT_IN_FP32: upcast the operands before tl.dot (only for Triton's interpreter, whose bf16 dot is wrong).
     PRECISE: sigmoid_bce's precision: False only where both the loss and G are 16-bit.
@@ -145,13 +153,20 @@ def linear_soft_margin_chunk_kernel(
     if HAS_BIAS:
         x += tl.load(BIAS + labels * stride_bias, mask=col_mask, other=0).to(tl.float32)[None, :]
 
-    if SPARSE_TARGET:
+    if SPARSE_TARGET and not SMOOTH:
         # Every label as a negative first, with no target tile held in registers; the tile's few positives
         # are corrected below.
         loss, grad = negative_bce(x, PRECISE)
     else:
-        y = tl.load(Y + rows[:, None] * stride_y_row + labels[None, :] * stride_y_col, mask=mask, other=0)
-        y = y.to(tl.float32)
+        if SPARSE_TARGET:
+            # Every label at the negatives' smoothed target ε/2 first, a scalar: still no target tile. Now
+            # pos_weight weighs every label's ε/2·softplus(-x) term, so its tile is read as for dense targets.
+            y = label_smoothing * 0.5
+        else:
+            y = tl.load(Y + rows[:, None] * stride_y_row + labels[None, :] * stride_y_col, mask=mask, other=0)
+            y = y.to(tl.float32)
+            if SMOOTH:
+                y = tl.fma(y, 1.0 - label_smoothing, label_smoothing * 0.5)
         p = 1.0
         if HAS_POS_WEIGHT:
             p = tl.load(
@@ -174,7 +189,8 @@ def linear_soft_margin_chunk_kernel(
     if SPARSE_TARGET:
         # Each positive's loss p·softplus(-x) replaces softplus(x) in the loss tile before the row sum (a
         # difference of the two sums would cancel where the row is fit well), and its gradient -p·σ(-x)
-        # overwrites the stored σ(x): both in fp32 from the tile's own logit.
+        # overwrites the stored σ(x): both in fp32 from the tile's own logit. Smoothed, the replacement is
+        # the loss and gradient at target 1 - ε/2 in place of those at ε/2.
         tile_start = label_id_offset + label_start + pid_l * BLOCK_L
         first, inside = positives_in_range(
             POSITIVES_START, POSITIVES_STOP, INDICES, rows, row_mask, tile_start, tile_start + BLOCK_L
@@ -187,7 +203,8 @@ def linear_soft_margin_chunk_kernel(
             has = (j < inside) & (col < chunk_labels)
             hit = col[:, None] == cols[None, :]
             x_pos = tl.sum(tl.where(hit, x, 0.0), axis=1)
-            softplus_neg, grad_pos = positive_bce(x_pos, PRECISE)
+            if not SMOOTH:
+                softplus_neg, grad_pos = positive_bce(x_pos, PRECISE)
             p_pos = 1.0
             if HAS_POS_WEIGHT:
                 p_pos = tl.load(
@@ -198,9 +215,18 @@ def linear_soft_margin_chunk_kernel(
                 w_pos = tl.load(
                     LW + rows * stride_lw_row + (label_start + col) * stride_lw_col, mask=has, other=0
                 ).to(tl.float32)
-            loss = tl.where(hit, (w_pos * p_pos * softplus_neg)[:, None], loss)
+            if SMOOTH:
+                loss_pos, grad_pos = sigmoid_bce(
+                    x_pos, 1.0 - label_smoothing * 0.5, p_pos, True, HAS_POS_WEIGHT, PRECISE
+                )
+                loss = tl.where(hit, (w_pos * loss_pos)[:, None], loss)
+            else:
+                loss = tl.where(hit, (w_pos * p_pos * softplus_neg)[:, None], loss)
             if WRITE_GRAD:
-                grad_pos = (w_pos * p_pos) * grad_pos
+                if SMOOTH:
+                    grad_pos = w_pos * grad_pos
+                else:
+                    grad_pos = (w_pos * p_pos) * grad_pos
                 if HAS_ROW_SCALE:
                     grad_pos = grad_pos * row_scale
                 tl.store(G + rows * stride_g_row + col, grad_pos.to(G.dtype.element_ty), mask=has)
@@ -221,6 +247,7 @@ _chunk_heuristics = triton.heuristics(
         "HAS_POS_WEIGHT": lambda args: args["PW"] is not None,
         "HAS_ROW_SCALE": lambda args: args["ROW_SCALE"] is not None,
         "WRITE_GRAD": lambda args: args["G"] is not None,
+        "SMOOTH": lambda args: args["label_smoothing"] != 0,
     }
 )
 

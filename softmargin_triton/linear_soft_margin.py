@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from softmargin_triton.backend import TRITON_IMPORT_ERROR, use_triton_for
 from softmargin_triton.common import (
     FLOAT_DTYPES,
+    check_label_smoothing,
     compute_dtype,
     launch,
     precise_math,
@@ -104,11 +105,12 @@ def _chunk_triton(
     stop: int,
     label_offset: int,
     out_dtype: torch.dtype,
+    label_smoothing: float,
 ) -> Tensor:
     """Labels [start, stop) through the chunk kernel, which indexes the full (L, ·) operands itself:
     writes `grad` (rows, stop - start) if given and returns the rows' loss over the chunk, (rows,) fp32.
     Sparse positives (`indices` and their _positive_keys) are numbered from `label_offset` at weight's
-    row 0; the loss is for out_dtype."""
+    row 0; the loss is for out_dtype; the targets are smoothed by `label_smoothing` in the kernel."""
     rows, dim = input.shape
     labels = stop - start
     positives_start = positives_stop = None
@@ -140,6 +142,7 @@ def _chunk_triton(
         chunk_labels=labels,
         label_start=start,
         label_id_offset=label_offset,
+        label_smoothing=label_smoothing,
         **strides_2d("e", input),
         **strides_2d("w", weight),
         stride_bias=0 if bias is None else bias.stride(0),
@@ -192,6 +195,7 @@ def linear_soft_margin_forward(
     reduction: str,
     out_dtype: torch.dtype,
     use_triton: bool,
+    label_smoothing: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MLSM loss of the logits input·weightᵀ + bias without forming them, and the gradients asked for.
 
@@ -201,6 +205,8 @@ def linear_soft_margin_forward(
     None; row_scale (R,) contiguous float32 (float64 for float64 input) or None, a per-row factor on the
     gradients. A label shard passes `label_offset`, the id of weight's row 0 among the sparse positives'
     ids, and `loss_labels`, the label count of the whole loss (MLSM averages over it); else 0 and L.
+    `label_smoothing` ε in [0, 1) takes every target y as y·(1 − ε) + ε/2 (a sparse target's positives as
+    1 − ε/2, the other labels as ε/2), in the compute dtype.
     Returns (loss, grad_input (R, D), grad_weight (L, D), grad_bias (L,)): the loss (R,) for 'none', else
     (), in out_dtype; each gradient, of Σ_rows row_scale·(row's weighted elementwise loss) times
     grad_scale, if asked for, else an empty tensor.
@@ -243,6 +249,7 @@ def linear_soft_margin_forward(
                 stop,
                 label_offset,
                 out_dtype,
+                label_smoothing,
             )
         else:
             target_chunk = (
@@ -252,6 +259,9 @@ def linear_soft_margin_forward(
                     rows_of_positives, indices, rows, label_offset + start, label_offset + stop, input.dtype
                 )
             )
+            if label_smoothing:
+                # In the compute dtype, as the kernel's FMA: input's 16-bit dtype would round 1 - ε/2.
+                target_chunk = target_chunk.to(accumulate_dtype) * (1 - label_smoothing) + label_smoothing / 2
             row_loss, grad = linear_soft_margin_chunk_reference(
                 input,
                 weight[start:stop],
@@ -279,7 +289,7 @@ def linear_soft_margin_forward(
 
 @linear_soft_margin_forward.register_fake
 def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, row_scale, grad_scale, *flags):
-    _, _, input_grad, weight_grad, bias_grad, reduction, out_dtype, _ = flags
+    _, _, input_grad, weight_grad, bias_grad, reduction, out_dtype, _, _ = flags
     rows, dim = input.shape
     num_labels = weight.shape[0]
     return (
@@ -299,7 +309,8 @@ class LinearSoftMarginFunction(torch.autograd.Function):
     """Gradients for input, weight and bias; callers route targets and weights that need one elsewhere.
 
     The target is `target` (R, L) or the positives `indptr`, `indices`; `label_offset` and `loss_labels`
-    place a label shard in the whole loss (see the op). 'mean' and 'sum' in bf16/fp32
+    place a label shard in the whole loss, `label_smoothing` smooths the targets (see the op; a checked
+    ε, 0 by default). 'mean' and 'sum' in bf16/fp32
     compute the gradients in the forward and scale them in the backward. 'none', and fp16 (whose unscaled
     gradients could overflow, and scaled ones underflow before a GradScaler's factor arrives), recompute
     in the backward with grad_output · the reduction's factor as each row's factor, as torch's G holds it.
@@ -322,10 +333,12 @@ class LinearSoftMarginFunction(torch.autograd.Function):
         grad_enabled,
         label_offset,
         loss_labels,
+        label_smoothing=0.0,
     ):
         operands = (input, weight, bias, target, indptr, indices, label_weight, pos_weight)
         ctx.reduction, ctx.out_dtype, ctx.use_triton = reduction, out_dtype, use_triton
         ctx.labels = (label_offset, loss_labels)
+        ctx.label_smoothing = label_smoothing
         needs = tuple(
             grad_enabled and need and t is not None
             for t, need in zip((input, weight, bias), ctx.needs_input_grad[:3], strict=True)
@@ -336,7 +349,7 @@ class LinearSoftMarginFunction(torch.autograd.Function):
         ctx.scale = scale
         wants = (False, False, False) if ctx.recompute else needs
         loss, *grads = linear_soft_margin_forward(
-            *operands, None, scale, *ctx.labels, *wants, reduction, out_dtype, use_triton
+            *operands, None, scale, *ctx.labels, *wants, reduction, out_dtype, use_triton, label_smoothing
         )
         if ctx.recompute:
             ctx.save_for_backward(*operands)
@@ -359,10 +372,18 @@ class LinearSoftMarginFunction(torch.autograd.Function):
             row_dtype = compute_dtype(input.dtype)
             row_scale = (grad_loss.to(row_dtype) * ctx.scale).expand(input.shape[0]).contiguous()
             _, *grads = linear_soft_margin_forward(
-                *operands, row_scale, 1.0, *ctx.labels, *ctx.needs, "none", ctx.out_dtype, ctx.use_triton
+                *operands,
+                row_scale,
+                1.0,
+                *ctx.labels,
+                *ctx.needs,
+                "none",
+                ctx.out_dtype,
+                ctx.use_triton,
+                ctx.label_smoothing,
             )
             grads = [grad if need else None for grad, need in zip(grads, ctx.needs, strict=True)]
-        return (*grads, *[None] * 11)
+        return (*grads, *[None] * 12)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -452,6 +473,7 @@ def linear_multilabel_soft_margin_loss(
     label_weight: Tensor | None = None,
     pos_weight: Tensor | None = None,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """`multilabel_soft_margin_loss(F.linear(input, weight, bias), target, weight=label_weight)` without
     ever forming the (..., L) logits, nor their gradient.
@@ -464,6 +486,9 @@ def linear_multilabel_soft_margin_loss(
         label_weight: weight of each term, broadcastable to (..., L) (MLSM's `weight`).
         pos_weight: weight of the positive term, broadcastable to (..., L), as in BCEWithLogitsLoss.
         reduction: 'none' → input.shape[:-1]; 'mean' / 'sum' → ().
+        label_smoothing: ε in [0, 1): the loss against targets y·(1 − ε) + ε/2 (Keras' BinaryCrossentropy),
+            formed from each loaded target in fp32, never as a (..., L) tensor; a SparseTargets' positives
+            at 1 − ε/2 and every other label at ε/2.
 
     Returns:
         The loss, in the type promotion of input, target (input's dtype for SparseTargets) and label_weight.
@@ -471,6 +496,7 @@ def linear_multilabel_soft_margin_loss(
         L_c chosen so that it fits `SOFTMARGIN_TRITON_SCRATCH_MB` (default 64), plus an fp32 (N, D) sum.
     """
     reduction = resolve_reduction(None, None, reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
     input, weight, bias = autocast_operands(input, weight, bias)
     num_labels = weight.shape[0]
     out_dtype = check_operands(input, weight, target, bias, label_weight, pos_weight, num_labels)
@@ -496,8 +522,14 @@ def linear_multilabel_soft_margin_loss(
         # dimensions that no (rows, L) view can express: torch's own path over the logits.
         logits = F.linear(input, weight, bias)
         dense = target.to_dense(input.dtype) if sparse else target
+        if label_smoothing:
+            # Smoothed targets and the loss in at least fp32, as the chunk loop's (a 16-bit 1 - ε/2 would
+            # round); the loss is cast back to out_dtype.
+            dtype = torch.promote_types(out_dtype, torch.float32)
+            logits = logits.to(dtype)
+            dense = dense.to(dtype) * (1 - label_smoothing) + label_smoothing / 2
         if pos_weight is None:
-            return multilabel_soft_margin_loss(logits, dense, label_weight, reduction=reduction)
+            return multilabel_soft_margin_loss(logits, dense, label_weight, reduction=reduction).to(out_dtype)
         terms = F.binary_cross_entropy_with_logits(
             logits, dense.to(logits.dtype), label_weight, reduction="none", pos_weight=pos_weight
         )
@@ -519,6 +551,7 @@ def linear_multilabel_soft_margin_loss(
             torch.is_grad_enabled(),
             0,
             num_labels,
+            label_smoothing,
         )
     return loss.view(input.shape[:-1]) if reduction == "none" else loss
 
@@ -566,11 +599,13 @@ class LinearMultiLabelSoftMarginLoss(nn.Module):
         label_weight: Tensor | None = None,
         pos_weight: Tensor | None = None,
         reduction: str = "mean",
+        label_smoothing: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.num_labels, self.reduction = in_features, num_labels, reduction
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.weight = nn.Parameter(torch.empty((num_labels, in_features), device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(num_labels, device=device, dtype=dtype)) if bias else None
         self.register_buffer("label_weight", label_weight)
@@ -593,6 +628,7 @@ class LinearMultiLabelSoftMarginLoss(nn.Module):
             label_weight=self.label_weight,
             pos_weight=self.pos_weight,
             reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
         )
 
     def logits(self, input: Tensor) -> Tensor:
@@ -609,5 +645,5 @@ class LinearMultiLabelSoftMarginLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, num_labels={self.num_labels}, bias={self.bias is not None}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
         )

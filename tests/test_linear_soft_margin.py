@@ -39,6 +39,11 @@ def torch_loss(input, weight, target, bias=None, label_weight=None, pos_weight=N
     return {"none": per_row, "mean": per_row.mean(), "sum": per_row.sum()}[reduction]
 
 
+def smoothed(target, label_smoothing):
+    """Keras' smoothed binary targets: y·(1 − ε) + ε/2."""
+    return target * (1 - label_smoothing) + label_smoothing / 2
+
+
 def problem(dtype=torch.float32, rows=ROWS, dim=DIM, labels=LABELS):
     """input, weight, bias (scaled so logits spread over a few units) and Zipf sparse targets."""
     input = torch.randn(rows, dim, device=DEVICE, dtype=torch.float64)
@@ -136,18 +141,26 @@ def test_well_fit_rows_keep_their_small_loss(backend, small_chunks, sparse):
     assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2], ids=["unsmoothed", "smoothed"])
 @pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
-def test_infinite_logits_give_nan_where_torch_does(backend, sparse):
+def test_infinite_logits_give_nan_where_torch_does(backend, sparse, label_smoothing):
     """One label, logits ±inf: torch's 0·log σ(∓x) makes NaN for a positive at +inf and a negative at -inf,
-    and +inf for the other two."""
+    and +inf for the other two; smoothed targets lie strictly inside (0, 1), so all four are +inf."""
     input = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]], device=DEVICE) * float("inf")
     weight = torch.ones(1, 1, device=DEVICE)
     targets = st.SparseTargets.from_lists([[0], [], [], [0]], 1, DEVICE)
     dense = targets.to_dense(torch.float32)
     target = targets if sparse else dense
-    loss = st.linear_multilabel_soft_margin_loss(input, weight, target, reduction="none")
-    expected = torch_loss(input.double(), weight.double(), dense.double(), reduction="none")
-    assert expected[:2].isnan().all() and expected[2:].isinf().all()
+    loss = st.linear_multilabel_soft_margin_loss(
+        input, weight, target, reduction="none", label_smoothing=label_smoothing
+    )
+    expected = torch_loss(
+        input.double(), weight.double(), smoothed(dense.double(), label_smoothing), reduction="none"
+    )
+    if label_smoothing:
+        assert (expected == float("inf")).all()
+    else:
+        assert expected[:2].isnan().all() and expected[2:].isinf().all()
     assert_close(loss, expected)
 
 
@@ -255,8 +268,40 @@ def test_compile_fullgraph(fresh_dynamo, backend):
             RuntimeError,
             "target is on meta",
         ),
+        (
+            lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w, t, label_smoothing=1.0),
+            ValueError,
+            r"label_smoothing must be in \[0, 1\)",
+        ),
+        (
+            lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w, t, label_smoothing=-0.1),
+            ValueError,
+            r"label_smoothing must be in \[0, 1\)",
+        ),
+        (
+            lambda e, w, t: st.linear_multilabel_soft_margin_loss(e, w, t, label_smoothing="0.1"),
+            TypeError,
+            "label_smoothing must be a float",
+        ),
+        (
+            lambda e, w, t: st.LinearMultiLabelSoftMarginLoss(DIM, LABELS, label_smoothing=1.5),
+            ValueError,
+            r"label_smoothing must be in \[0, 1\)",
+        ),
     ],
-    ids=["dim", "dtype", "labels", "bias-shape", "reduction", "label-weight-shape", "target-device"],
+    ids=[
+        "dim",
+        "dtype",
+        "labels",
+        "bias-shape",
+        "reduction",
+        "label-weight-shape",
+        "target-device",
+        "label-smoothing-1",
+        "label-smoothing-negative",
+        "label-smoothing-str",
+        "module-label-smoothing",
+    ],
 )
 def test_bad_input_raises(backend, call, error, match):
     input, weight, _, targets = problem()
@@ -416,3 +461,143 @@ def test_weight_broadcasting_over_some_leading_dims(backend):
     label_weight = torch.rand(3, 1, device=DEVICE) + 0.5
     loss = st.linear_multilabel_soft_margin_loss(x, weight, dense, bias, label_weight=label_weight)
     assert_close(loss, torch_loss(x, weight, dense, bias, label_weight))
+
+
+# label_smoothing: one case per (target kind, reduction), the weightings spread over them; ε fresh each run.
+SMOOTHING_CASES = [
+    ("sparse", "none", "none"),
+    ("sparse", "label+pos", "mean"),
+    ("sparse", "pos", "sum"),
+    ("soft", "label+pos", "none"),
+    ("bool", "none", "mean"),
+    ("int64", "label", "sum"),
+]
+
+
+def smoothing_epsilon():
+    return 0.05 + 0.45 * torch.rand(()).item()
+
+
+def dense_target(targets, kind):
+    """The target of one SMOOTHING_CASES kind: the sparse targets themselves, random soft targets, or the
+    sparse targets as a dense bool / int64 tensor."""
+    if kind == "sparse":
+        return targets
+    if kind == "soft":
+        return torch.rand(targets.shape, device=DEVICE)
+    return targets.to_dense({"bool": torch.bool, "int64": torch.int64}[kind])
+
+
+@pytest.mark.parametrize(
+    ("kind", "weighting", "reduction"), SMOOTHING_CASES, ids=["-".join(case) for case in SMOOTHING_CASES]
+)
+def test_label_smoothing_is_torch_on_smoothed_targets(backend, small_chunks, kind, weighting, reduction):
+    """Values and input/weight/bias gradients against float64 torch on y·(1 − ε) + ε/2; a SparseTargets'
+    negatives at ε/2 and positives at 1 − ε/2 (weighted by pos_weight too), with no dense target."""
+    input, weight, bias, targets = problem()
+    target = dense_target(targets, kind)
+    label_smoothing = smoothing_epsilon()
+    label_weight = torch.rand(LABELS, device=DEVICE) + 0.5 if "label" in weighting else None
+    pos_weight = torch.rand(LABELS, device=DEVICE) * 3 if "pos" in weighting else None
+    dense = (targets.to_dense() if kind == "sparse" else target).double()
+
+    def ours(e, w, b):
+        return st.linear_multilabel_soft_margin_loss(
+            e,
+            w,
+            target,
+            b,
+            label_weight=label_weight,
+            pos_weight=pos_weight,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+
+    def theirs(e, w, b):
+        return torch_loss(e, w, smoothed(dense, label_smoothing), b, label_weight, pos_weight, reduction)
+
+    go = torch.rand(ROWS, device=DEVICE) + 0.5 if reduction == "none" else torch.tensor(1.7, device=DEVICE)
+    loss, our_grads = grads(ours, (input, weight, bias), go)
+    expected, expected_grads = grads(theirs, (input.double(), weight.double(), bias.double()), go.double())
+    assert loss.dtype == torch.float32
+    assert_close(loss, expected)
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "sparse"), [(torch.bfloat16, True), (torch.float16, False)], ids=["bf16-sparse", "fp16-dense"]
+)
+def test_label_smoothing_kernel_16_bit(poisoned_allocations, small_chunks, dtype, sparse):
+    """The kernel's fast math (bf16: the loss and G in 16 bits) and fp16's recomputing backward (ε carried
+    to it) against float64 torch, to the existing per-dtype tolerances."""
+    rows, dim, labels = 17, 24, 70  # two row blocks, a partial label tile, several chunks
+    input, weight, bias, targets = problem(dtype, rows, dim, labels)
+    target = targets if sparse else targets.to_dense(torch.uint8)
+    label_weight = torch.rand(labels, device=DEVICE) + 0.5
+    pos_weight = torch.rand(labels, device=DEVICE) * 3
+    label_smoothing = smoothing_epsilon()
+
+    def ours(e, w, b):
+        return st.linear_multilabel_soft_margin_loss(
+            e, w, target, b, label_weight=label_weight, pos_weight=pos_weight, label_smoothing=label_smoothing
+        )
+
+    with st.use_backend("triton"):
+        loss, our_grads = grads(ours, (input, weight, bias), torch.tensor(0.6, device=DEVICE))
+    expected, expected_grads = grads(
+        lambda e, w, b: torch_loss(
+            e, w, smoothed(targets.to_dense(torch.float64), label_smoothing), b, label_weight, pos_weight
+        ),
+        (input.double(), weight.double(), bias.double()),
+        torch.tensor(0.6, device=DEVICE, dtype=torch.float64),
+    )
+    assert_close(loss, expected, torch.float32 if dtype == torch.float32 else dtype)
+    for grad, expected_grad in zip(our_grads, expected_grads, strict=True):
+        assert grad.dtype == dtype
+        assert_close(grad, expected_grad, dtype)
+
+
+@pytest.mark.parametrize(("sparse", "reduction"), [(True, "mean"), (False, "none")], ids=["sparse", "dense"])
+def test_label_smoothing_zero_is_bit_identical(backend, small_chunks, sparse, reduction):
+    """ε = 0 runs the unsmoothed code: the same bits as not passing it, through both backward paths ('mean'
+    scales the forward's gradients, 'none' recomputes)."""
+    input, weight, bias, targets = problem()
+    target = targets if sparse else targets.to_dense(torch.uint8)
+    pos_weight = torch.rand(LABELS, device=DEVICE) * 3
+
+    def loss_fn(e, w, b, **smoothing):
+        loss = st.linear_multilabel_soft_margin_loss(
+            e, w, target, b, pos_weight=pos_weight, reduction=reduction, **smoothing
+        )
+        return loss.sum()
+
+    operands = (input, weight, bias)
+    plain_loss, plain_grads = grads(loss_fn, operands)
+    zero_loss, zero_grads = grads(lambda e, w, b: loss_fn(e, w, b, label_smoothing=0.0), operands)
+    for plain, zero in zip((plain_loss, *plain_grads), (zero_loss, *zero_grads), strict=True):
+        assert torch.equal(plain, zero)
+
+
+def test_label_smoothing_on_torch_path_and_module(backend):
+    """A target needing its gradient takes torch's path over the logits, smoothed the same (d/dy carries
+    the factor 1 − ε); the module stores ε, shows it and passes it on."""
+    input, weight, bias, _ = problem()
+    target = torch.rand(ROWS, LABELS, device=DEVICE, requires_grad=True)
+    label_smoothing = smoothing_epsilon()
+    loss = st.linear_multilabel_soft_margin_loss(
+        input, weight, target, bias, reduction="none", label_smoothing=label_smoothing
+    )
+    expected = torch_loss(input, weight, smoothed(target, label_smoothing), bias, reduction="none")
+    assert_close(loss, expected)
+    go = torch.rand(ROWS, device=DEVICE) + 0.5
+    assert_close(torch.autograd.grad(loss, target, go)[0], torch.autograd.grad(expected, target, go)[0])
+
+    module = st.LinearMultiLabelSoftMarginLoss(DIM, LABELS, device=DEVICE, label_smoothing=label_smoothing)
+    assert module.label_smoothing == label_smoothing
+    assert f"label_smoothing={label_smoothing}" in repr(module)
+    dense = target.detach()
+    assert_close(
+        module(input, dense),
+        torch_loss(input, module.weight, smoothed(dense, label_smoothing), module.bias),
+    )
