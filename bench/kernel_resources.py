@@ -80,6 +80,7 @@ def _dense_loss_args(logits: str, target: str, rows: int, cols: int, weights: bo
         "INDICES": "*i32",
         "W": "*fp32" if weights else logits,
         "PW": "*fp32" if weights else logits,
+        "ROW_SCALE": "*fp32",
         "GRAD": logits,
         "LOSS": "*fp32",
         "PARTIAL": "*fp32",
@@ -93,19 +94,33 @@ def _dense_loss_args(logits: str, target: str, rows: int, cols: int, weights: bo
         "stride_w_col": 1 if weights else 0,
         "stride_pw_row": 0,
         "stride_pw_col": 1 if weights else 0,
+        "stride_row_scale": 1,
         "stride_grad_row": cols,
         "stride_grad_col": 1,
         "grad_scale": 0.5,
+        "label_smoothing": 0.1,
+        "ignore_value": -1.0,
+        "alpha": 0.25,
+        "gamma_pos": 2.0,
+        "gamma_neg": 2.0,
+        "clip": 0.05,
+        "log_eps": -18.42,
     }
 
 
 def _dense_loss_flags(**flags: object) -> dict[str, object]:
     base = dict(
         SPAN=soft_margin.MAX_SPAN,
-        MLSM_FORM=True,
+        LOSS_FORM="mlsm",
+        IGNORE=False,
+        FOCUS_GRAD=False,
         SPARSE_TARGET=False,
         HAS_WEIGHT=False,
         HAS_POS_WEIGHT=False,
+        HAS_ROW_SCALE=False,
+        SMOOTH=False,
+        ALPHA_WEIGHT=False,
+        CLIP=False,
         WRITE_GRAD=True,
         WRITE_LOSS=False,
         WRITE_PARTIAL=True,
@@ -251,7 +266,7 @@ KERNELS = {
                 "bce-fp32-weighted-none",
                 _dense_loss_args("*fp32", "*fp32", 4096, 131072, weights=True),
                 _dense_loss_flags(
-                    MLSM_FORM=False,
+                    LOSS_FORM="bce",
                     HAS_WEIGHT=True,
                     HAS_POS_WEIGHT=True,
                     WRITE_LOSS=True,
@@ -259,6 +274,36 @@ KERNELS = {
                     PRECISE=True,
                 ),
                 bytes_per_element=16,  # fp32 logits, target, gradient and loss (weights are (C,) views)
+            ),
+            Variant(
+                "mlsm-bf16-uint8-smoothed",
+                _dense_loss_args("*bf16", "*u8", 4096, 131072, weights=False),
+                _dense_loss_flags(SMOOTH=True),
+                bytes_per_element=5,
+            ),
+            Variant(
+                "mlsm-bf16-sparse-smoothed",
+                _dense_loss_args("*bf16", "*bf16", 4096, 131072, weights=False),
+                _dense_loss_flags(SPARSE_TARGET=True, SMOOTH=True),
+                bytes_per_element=4,
+            ),
+            Variant(
+                "mlsm-bf16-int8-partial-labels",
+                _dense_loss_args("*bf16", "*i8", 4096, 131072, weights=False),
+                _dense_loss_flags(IGNORE=True, HAS_ROW_SCALE=True),
+                bytes_per_element=5,  # and the count pass's 1 byte of target before it
+            ),
+            Variant(
+                "focal-bf16-uint8",
+                _dense_loss_args("*bf16", "*u8", 4096, 131072, weights=False),
+                _dense_loss_flags(LOSS_FORM="focal", ALPHA_WEIGHT=True, FOCUS_GRAD=True),
+                bytes_per_element=5,
+            ),
+            Variant(
+                "asymmetric-bf16-uint8",
+                _dense_loss_args("*bf16", "*u8", 4096, 131072, weights=False),
+                _dense_loss_flags(LOSS_FORM="asymmetric", CLIP=True),
+                bytes_per_element=5,
             ),
         ],
         _tile_constexprs,

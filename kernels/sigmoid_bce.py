@@ -76,16 +76,21 @@ def exp_neg_abs(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def reciprocal_one_plus(e, PRECISE: tl.constexpr):
-    """1 / (1 + e) for e in [0, 1]: σ(|x|)."""
-    u = 1.0 + e
-    if e.dtype == tl.float64:
+def reciprocal(u, PRECISE: tl.constexpr):
+    """1 / u for u in [2^-126, 2^126] of the compute dtype (fp32: the MUFU, plus a Newton step if PRECISE)."""
+    if u.dtype == tl.float64:
         return 1.0 / u
     else:
         r = fast_reciprocal(u)
         if PRECISE:
             r = tl.fma(r, tl.fma(-u, r, 1.0), r)  # one Newton step: ≤ 1 ulp → ~0.5 ulp
         return r
+
+
+@triton.jit
+def reciprocal_one_plus(e, PRECISE: tl.constexpr):
+    """1 / (1 + e) for e in [0, 1]: σ(|x|)."""
+    return reciprocal(1.0 + e, PRECISE)
 
 
 @triton.jit
@@ -160,3 +165,96 @@ def positive_bce(x, PRECISE: tl.constexpr):
     0·log σ(-x) there) and -σ(-x)."""
     loss, grad = negative_bce(-x, PRECISE)
     return loss, -grad
+
+
+@triton.jit
+def power(base, exponent):
+    """base ** exponent for base ≥ 0, as torch.pow: 1 where the exponent is 0 (0 ** 0 included), and
+    0 ** positive = 0, 0 ** negative = inf through log2(0) = -inf."""
+    return tl.where(exponent == 0, 1.0, tl.exp2(exponent * tl.log2(base)))
+
+
+@triton.jit
+def log_probability(q, PRECISE: tl.constexpr):
+    """log(q) for q in (0, 1]: libdevice's correctly rounded log where the result is fp32 (MUFU lg2's
+    absolute error would be most of a small result), MUFU lg2 for a 16-bit one."""
+    if PRECISE and (q.dtype == tl.float32) and (not INTERPRETED):
+        return libdevice.log(q)
+    else:
+        return tl.log(q)
+
+
+@triton.jit
+def focal_bce(
+    x,
+    y,
+    alpha,
+    gamma_pos,
+    gamma_neg,
+    clip,
+    log_eps,
+    ASYMMETRIC: tl.constexpr,
+    ALPHA_WEIGHT: tl.constexpr,
+    CLIP: tl.constexpr,
+    FOCUS_GRAD: tl.constexpr,
+    PRECISE: tl.constexpr,
+):
+    """(loss, d loss / dx) of the focal family at logits x and targets y (any real values):
+
+        loss = α_t · (1 - p_t)^γ_t · ce,  p = σ(x),  q = min(σ(-x) + clip, 1) (σ(-x) without CLIP),
+        p_t = p·y + q·(1 - y),  γ_t = γ+·y + γ-·(1 - y),  α_t = α·y + (1 - α)·(1 - y) (ALPHA_WEIGHT; else 1),
+
+    ce = BCE with logits, torch's formula (torchvision's sigmoid_focal_loss: γ+ = γ-, no clip), or with
+    ASYMMETRIC the ASL reference's -(y·max(log p, log ε) + (1 - y)·max(log q, log ε)). The focusing
+    factor's own gradient is included with FOCUS_GRAD (ASL's disable_torch_grad_focal_loss=False and
+    torchvision), left out otherwise. 1 - p_t is formed as y·σ(-x) + (1 - y)·(1 - q), never as a
+    difference near 1, and log p, log σ(-x) as -softplus: accurate where the references' float32 σ rounds
+    to 0 or 1 (there the references clamp at ε or give 0).
+    """
+    e = exp_neg_abs(x, PRECISE)
+    r = reciprocal_one_plus(e, PRECISE)
+    nonnegative = x >= 0
+    p = tl.where(nonnegative, r, e * r)  # σ(x)
+    p_neg = tl.where(nonnegative, e * r, r)  # σ(-x) = 1 - p, without the cancellation
+    if CLIP:
+        q_unclamped = p_neg + clip
+        q = tl.minimum(q_unclamped, 1.0)
+        # clamp(max=1) passes the gradient where its input is ≤ 1, as torch's
+        dq = tl.where(q_unclamped <= 1.0, -p * p_neg, 0.0)
+        one_minus_q = tl.maximum(p - clip, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    else:
+        dq = -p * p_neg
+        one_minus_q = p
+    if ASYMMETRIC:
+        log1p_e = log1p_unit(e, PRECISE)
+        log_p = -(tl.maximum(-x, 0.0) + log1p_e)
+        if CLIP:
+            log_q = log_probability(q, PRECISE)
+            dlog_q = dq * reciprocal(q, PRECISE)
+        else:
+            log_q = -(tl.maximum(x, 0.0) + log1p_e)
+            dlog_q = -p
+        # clamp(min=ε) before the log, as max in log space; the gradient passes where input ≥ ε, as torch's
+        positive_term = tl.maximum(log_p, log_eps, propagate_nan=tl.PropagateNan.ALL)
+        negative_term = tl.maximum(log_q, log_eps, propagate_nan=tl.PropagateNan.ALL)
+        ce = -(y * positive_term + (1.0 - y) * negative_term)
+        dce = -(
+            y * tl.where(log_p >= log_eps, p_neg, 0.0) + (1.0 - y) * tl.where(log_q >= log_eps, dlog_q, 0.0)
+        )
+    else:
+        ce, dce = sigmoid_bce(x, y, 1.0, False, False, PRECISE)
+    base = y * p_neg + (1.0 - y) * one_minus_q  # 1 - p_t
+    gamma = gamma_pos * y + gamma_neg * (1.0 - y)
+    focus = power(base, gamma)
+    loss = ce * focus
+    grad = dce * focus
+    if FOCUS_GRAD:
+        # d focus / dx = γ·base^(γ-1)·(-dp_t/dx), 0 where γ = 0 (torch.pow's backward)
+        dp_t = y * (p * p_neg) + (1.0 - y) * dq
+        dfocus = tl.where(gamma == 0, 0.0, gamma * power(base, gamma - 1.0)) * -dp_t
+        grad = tl.fma(ce, dfocus, grad)
+    if ALPHA_WEIGHT:
+        alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y)
+        loss = loss * alpha_t
+        grad = grad * alpha_t
+    return loss, grad

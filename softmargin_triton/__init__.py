@@ -5,6 +5,7 @@ Drop-in replacements for `torch.nn.functional.multilabel_soft_margin_loss`,
 """
 
 from softmargin_triton.backend import BACKEND_ENV_VAR, current_backend, use_backend
+from softmargin_triton.focal import AsymmetricLoss, SigmoidFocalLoss, asymmetric_loss, sigmoid_focal_loss
 from softmargin_triton.linear_soft_margin import (
     SCRATCH_ENV_VAR,
     LinearMultiLabelSoftMarginLoss,
@@ -23,14 +24,18 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKEND_ENV_VAR",
     "SCRATCH_ENV_VAR",
+    "AsymmetricLoss",
     "BCEWithLogitsLoss",
     "LinearMultiLabelSoftMarginLoss",
     "MultiLabelSoftMarginLoss",
+    "SigmoidFocalLoss",
     "SparseTargets",
     "__version__",
+    "asymmetric_loss",
     "binary_cross_entropy_with_logits",
     "current_backend",
     "linear_multilabel_soft_margin_loss",
     "multilabel_soft_margin_loss",
+    "sigmoid_focal_loss",
     "use_backend",
 ]

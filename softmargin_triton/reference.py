@@ -5,7 +5,7 @@ same math, so a kernel can be checked element by element, and they run anywhere 
 """
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -13,34 +13,55 @@ from torch import Tensor
 from softmargin_triton.common import compute_dtype
 
 __all__ = [
+    "Focusing",
+    "elementwise_form",
     "linear_soft_margin_chunk_reference",
     "reduce_row_sums",
     "reduction_grad_scale",
     "soft_margin_reference",
 ]
 
-# Which torch loss a call mirrors: they share the math and differ in normalisation and ±inf behaviour.
-LossForm = Literal["mlsm", "bce"]
+# Which loss a call computes: MultiLabelSoftMarginLoss, BCEWithLogitsLoss, torchvision's sigmoid_focal_loss
+# or the asymmetric loss (ASL). They share the sigmoid and differ in the elementwise formula, the ±inf
+# behaviour and the normalisation (MLSM per row, the others per element as BCE).
+LossForm = Literal["mlsm", "bce", "focal", "asymmetric"]
+
+
+class Focusing(NamedTuple):
+    """Parameters of the "focal" and "asymmetric" forms (kernels/sigmoid_bce.py, focal_bce)."""
+
+    alpha: float = -1.0  # α of α_t = α·y + (1 - α)·(1 - y); negative: no α weighting
+    gamma_pos: float = 0.0  # γ of the positive term (focal: both terms')
+    gamma_neg: float = 0.0  # γ of the negative term
+    clip: float = 0.0  # ASL's probability margin: q = min(σ(-x) + clip, 1); 0: none
+    eps: float = 0.0  # ASL's clamp of the probabilities before the log; 0: none
+    focus_grad: bool = True  # differentiate the focusing factor (ASL: not disable_torch_grad_focal_loss)
+
+
+def elementwise_form(loss_form: LossForm) -> bool:
+    """Whether the form reduces as BCE does (per element), not per row as MultiLabelSoftMarginLoss."""
+    return loss_form != "mlsm"
 
 
 def reduction_grad_scale(loss_form: LossForm, reduction: str, rows: int, cols: int) -> float:
     """d(reduced loss) / d(elementwise loss) for a (rows, cols) problem.
 
     MultiLabelSoftMarginLoss divides each row's sum by C (never by the sum of weights); 'mean' then averages
-    the rows. BCEWithLogitsLoss 'mean' divides by numel.
+    the rows. The elementwise forms' 'mean' divides by numel.
     """
-    divisor = cols if loss_form == "mlsm" else 1
+    elementwise = elementwise_form(loss_form)
+    divisor = 1 if elementwise else cols
     if reduction == "mean":
-        divisor *= rows * cols if loss_form == "bce" else rows
+        divisor *= rows * cols if elementwise else rows
     return 1.0 / divisor if divisor else math.nan  # no rows or no labels: the loss is NaN, as torch's
 
 
 def reduce_row_sums(row_sums: Tensor, loss_form: LossForm, reduction: str, cols: int) -> Tensor:
     """The reduced loss from per-row sums of the weighted elementwise loss, (R,) → (R,) or ().
 
-    Not for BCE 'none', whose output is the elementwise loss itself.
+    Not for the elementwise forms' 'none', whose output is the elementwise loss itself.
     """
-    if loss_form == "mlsm":
+    if not elementwise_form(loss_form):
         per_row = row_sums / cols
         if reduction == "none":
             return per_row
@@ -76,6 +97,48 @@ def _sigmoid_bce(
     return loss, grad
 
 
+def _power(base: Tensor, exponent: Tensor) -> Tensor:
+    """base ** exponent with torch.pow's values at 0 (the kernels' `power`)."""
+    return torch.where(exponent == 0, 1.0, torch.exp2(exponent * torch.log2(base)))
+
+
+def _focal(x: Tensor, y: Tensor, focusing: Focusing, asymmetric: bool) -> tuple[Tensor, Tensor]:
+    """Unweighted loss and d loss / dx of the focal family (kernels/sigmoid_bce.py, focal_bce's formula)."""
+    p, p_neg = torch.sigmoid(x), torch.sigmoid(-x)
+    if focusing.clip > 0:
+        q_unclamped = p_neg + focusing.clip
+        q = q_unclamped.clamp(max=1)
+        dq = torch.where(q_unclamped <= 1, -p * p_neg, 0.0)
+        one_minus_q = (p - focusing.clip).clamp(min=0)
+    else:
+        q, dq, one_minus_q = p_neg, -p * p_neg, p
+    if asymmetric:
+        log_eps = math.log(focusing.eps) if focusing.eps > 0 else -math.inf
+        log_p = -torch.nn.functional.softplus(-x, threshold=math.inf)
+        if focusing.clip > 0:
+            log_q, dlog_q = torch.log(q), dq / q
+        else:
+            log_q, dlog_q = -torch.nn.functional.softplus(x, threshold=math.inf), -p
+        ce = -(y * log_p.clamp(min=log_eps) + (1 - y) * log_q.clamp(min=log_eps))
+        dce = -(
+            y * torch.where(log_p >= log_eps, p_neg, 0.0)
+            + (1 - y) * torch.where(log_q >= log_eps, dlog_q, 0.0)
+        )
+    else:
+        ce, dce = _sigmoid_bce(x, y, None, None, "bce", True)
+    base = y * p_neg + (1 - y) * one_minus_q
+    gamma = focusing.gamma_pos * y + focusing.gamma_neg * (1 - y)
+    focus = _power(base, gamma)
+    loss, grad = ce * focus, dce * focus
+    if focusing.focus_grad:
+        dp_t = y * p * p_neg + (1 - y) * dq
+        grad = grad + ce * torch.where(gamma == 0, 0.0, gamma * _power(base, gamma - 1)) * -dp_t
+    if focusing.alpha >= 0:
+        alpha_t = focusing.alpha * y + (1 - focusing.alpha) * (1 - y)
+        loss, grad = loss * alpha_t, grad * alpha_t
+    return loss, grad
+
+
 def soft_margin_reference(
     input: Tensor,
     target: Tensor,
@@ -85,21 +148,49 @@ def soft_margin_reference(
     reduction: str,
     out_dtype: torch.dtype,
     grad_scale: float | None,
+    *,
+    row_scale: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_value: float | None = None,
+    focusing: Focusing | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Loss and input gradient of sigmoid-BCE over a (R, C) problem, in fp32 (fp64 for fp64 logits).
+    """Loss and input gradient of a sigmoid loss over a (R, C) problem, in fp32 (fp64 for fp64 logits).
 
     input (R, C) float logits; target (R, C) float, integer or bool; weight and pos_weight (R, C) float
-    (broadcast views) or None. Returns the loss, (R,) for MLSM 'none', (R, C) for BCE 'none', else (),
-    in out_dtype, and d(elementwise loss)/d(input) · grad_scale in input's dtype (None if grad_scale is
-    None; `reduction_grad_scale` gives the gradient of the reduced loss). The loss form decides where
-    ±inf logits give NaN, as in the torch function it mirrors.
+    (broadcast views) or None; row_scale (R,) float (a broadcast view) or None. Returns the loss, (R,) for
+    MLSM 'none', (R, C) for the elementwise forms' 'none', (R,) unnormalised row sums of the weighted
+    elementwise loss for 'rows' (in fp32, fp64 for fp64 logits), else (), in out_dtype; and
+    d(elementwise loss)/d(input) · grad_scale (· row_scale per row) in input's dtype (None if grad_scale is
+    None; `reduction_grad_scale` gives the gradient of the reduced loss). The loss form decides the formula
+    and where ±inf logits give NaN, as in the function it mirrors. label_smoothing and ignore_value apply
+    to "mlsm" and "bce" (the target is smoothed as y·(1 - ε) + ε/2; targets equal to ignore_value give
+    loss and gradient 0); focusing to "focal" and "asymmetric".
     """
     dtype = compute_dtype(input.dtype)
     x, y = input.to(dtype), target.to(dtype)
-    loss, grad = _sigmoid_bce(x, y, weight, pos_weight, loss_form, grad_scale is not None)
-    if grad is not None:
-        grad = (grad * grad_scale).to(input.dtype)
-    if not (loss_form == "bce" and reduction == "none"):
+    with_grad = grad_scale is not None
+    if elementwise_form(loss_form) and loss_form != "bce":
+        loss, grad = _focal(x, y, focusing or Focusing(), loss_form == "asymmetric")
+        if weight is not None:
+            loss, grad = loss * weight.to(dtype), grad * weight.to(dtype)
+    else:
+        if label_smoothing:
+            y = y * (1 - label_smoothing) + label_smoothing / 2
+        loss, grad = _sigmoid_bce(x, y, weight, pos_weight, loss_form, with_grad)
+        if ignore_value is not None:
+            known = target != ignore_value
+            loss = torch.where(known, loss, 0.0)
+            grad = None if grad is None else torch.where(known, grad, 0.0)
+    if with_grad:
+        grad = grad * grad_scale
+        if row_scale is not None:
+            grad = grad * row_scale.to(dtype)[:, None]
+        grad = grad.to(input.dtype)
+    else:
+        grad = None
+    if reduction == "rows":
+        return loss.sum(dim=1), grad
+    if not (elementwise_form(loss_form) and reduction == "none"):
         loss = reduce_row_sums(loss.sum(dim=1), loss_form, reduction, input.shape[1])
     return loss.to(out_dtype), grad
 

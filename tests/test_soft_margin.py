@@ -377,6 +377,7 @@ def test_forward_op_writes_every_gradient_element(loss_form):
         None,
         None,
         None,
+        None,
         grad,
         reduction_grad_scale(loss_form, "sum", 4, 1000),
         loss_form,

@@ -136,6 +136,7 @@ def test_op_writes_every_output_element(poisoned_allocations, loss_form, reducti
             targets.indices,
             None,
             None,
+            None,
             grad,
             scale,
             loss_form,
