@@ -11,6 +11,7 @@ from softmargin_triton.linear_soft_margin import (
     LinearMultiLabelSoftMarginLoss,
     linear_multilabel_soft_margin_loss,
 )
+from softmargin_triton.siglip import SigmoidContrastiveLoss, sigmoid_contrastive_loss
 from softmargin_triton.soft_margin import (
     BCEWithLogitsLoss,
     MultiLabelSoftMarginLoss,
@@ -28,6 +29,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "LinearMultiLabelSoftMarginLoss",
     "MultiLabelSoftMarginLoss",
+    "SigmoidContrastiveLoss",
     "SigmoidFocalLoss",
     "SparseTargets",
     "__version__",
@@ -36,6 +38,7 @@ __all__ = [
     "current_backend",
     "linear_multilabel_soft_margin_loss",
     "multilabel_soft_margin_loss",
+    "sigmoid_contrastive_loss",
     "sigmoid_focal_loss",
     "use_backend",
 ]

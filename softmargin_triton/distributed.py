@@ -18,6 +18,9 @@ Each call first all-gathers a few integers per rank (shapes, label range, reduct
 — shards that do not tile [0, num_labels), mismatched batch sizes, an invalid argument on one rank — raises
 the same clear error on every rank instead of leaving the others waiting in a collective. That is one small
 collective and one host sync per call.
+
+SigLIP's loss over the ranks' batches, `distributed_sigmoid_contrastive_loss`, is the data-parallel case with
+each rank's own texts as its label shard.
 """
 
 import math
@@ -40,11 +43,13 @@ from softmargin_triton.linear_soft_margin import (
     merge_topk,
     streaming_topk,
 )
+from softmargin_triton.siglip import diagonal_positives, siglip_operands
 from softmargin_triton.sparse_targets import SparseTargets
 
 __all__ = [
     "Collectives",
     "ShardedLinearMultiLabelSoftMarginLoss",
+    "distributed_sigmoid_contrastive_loss",
     "shard_range",
     "sharded_linear_multilabel_soft_margin_loss",
 ]
@@ -579,3 +584,98 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
             f"labels=[{self.label_start}, {self.label_stop}), bias={self.bias is not None}, "
             f"reduction={self.reduction!r}, data_parallel={self.data_parallel}"
         )
+
+
+# --------------------------------------------------------------------------------------------------------
+# SigLIP over the ranks' batches: each rank's texts are its label shard
+# --------------------------------------------------------------------------------------------------------
+
+
+def distributed_sigmoid_contrastive_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    *,
+    positives: SparseTargets | None = None,
+    group: dist.ProcessGroup | Collectives | None = None,
+) -> Tensor:
+    """`sigmoid_contrastive_loss` of the concatenation of all ranks' batches (in rank order), each rank
+    holding its own; a collective call (every rank calls it, and backpropagates the result alike).
+
+    The data-parallel sharded loss with this rank's texts as its label shard: the scaled image features are
+    all-gathered, each rank scores every image against its own texts with the fused chunk loop, the loss
+    shares are summed, and the features' gradient is reduce-scattered back to the images' owners: O(B·D)
+    per step each way, no rank forming more than a (B_world, T_c) gradient chunk. One small all-gather of
+    the call's sizes (and one host sync) first, so that a bad call raises on every rank.
+
+    Args:
+        image_features: (B, D) this rank's images; float16/bfloat16/float32/float64; B alike on every rank.
+        text_features: (T, D) this rank's texts, image_features' dtype; T alike on every rank.
+        logit_scale, logit_bias: () floating, the same on every rank (the scale already exponentiated).
+        positives: (B, world_size · T) SparseTargets: the texts each of this rank's images matches, by their
+            index in the concatenation of all ranks' texts. None: image i of a rank matches that rank's text
+            i (T = B).
+        group: the process group, None for the default one, or a `Collectives` over one.
+
+    Returns:
+        The loss over all ranks' images and texts, (), equal on every rank. Each rank's image_features and
+        text_features receive the gradient of that loss; logit_scale and logit_bias receive this rank's
+        share of theirs, as do the encoders' parameters: sum them over ranks (DistributedDataParallel
+        averages, 1/world_size of the total).
+    """
+    comm = _collectives(group)
+    rank, world = comm.rank, comm.world_size
+    try:
+        features, texts, bias, out_dtype = siglip_operands(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            positives,
+            world * text_features.shape[0],
+        )
+        input_grad = torch.is_grad_enabled() and features.requires_grad
+        fields = dict(
+            images=features.shape[0],
+            texts=texts.shape[0],
+            dim=features.shape[1],
+            dtype=FLOAT_DTYPES.index(features.dtype),
+            positives=int(positives is not None),
+            nnz=0 if positives is None else positives.nnz,
+            input_grad=int(input_grad),  # whether the backward's reduce-scatter runs
+        )
+        error = None
+    except Exception as caught:  # whatever fails here must reach the other ranks, or they would wait
+        fields = dict.fromkeys(("images", "texts", "dim", "dtype", "positives", "nnz", "input_grad"), 0)
+        error = caught
+    table = _agree(fields, error, comm)
+    _require_equal(table, "images", "texts", "dim", "dtype", "positives", "input_grad")
+
+    images, shard_texts = features.shape[0], texts.shape[0]
+    gathered = _GatherRows.apply(features, comm) if input_grad else comm.all_gather_rows(features, "features")
+    if positives is None:  # the concatenated batch's matches: gathered row i, text i; nothing to send
+        positives = diagonal_positives(world * images, gathered.device)
+        indptr, indices = positives.indptr, positives.indices
+    else:
+        indptr, indices = _gather_positives(positives, [row["nnz"] for row in table], comm)
+    # Shares are summed over ranks in at least fp32 and rounded to the loss's dtype once, after the sum.
+    share_dtype = torch.promote_types(out_dtype, torch.float32)
+    with torch.autocast(gathered.device.type, enabled=False):  # the chunk loop picks its own precisions
+        share = LinearSoftMarginFunction.apply(
+            gathered,
+            texts,
+            bias,
+            None,
+            indptr,
+            indices,
+            None,
+            None,
+            "sum",
+            share_dtype,
+            use_triton_for(gathered) and gathered.dtype != torch.float64,  # the kernel computes in fp32
+            torch.is_grad_enabled(),
+            rank * shard_texts,  # this rank's first text among all ranks' texts
+            world * images,  # 'sum' divides each row's sum by this: all ranks' images, as SigLIP does
+        )
+    return _SumOverRanks.apply(share, comm).to(out_dtype)
