@@ -5,8 +5,8 @@
 Next to each CSV, one PNG of fwd+bwd ('full' mode) per logits dtype and metric, titled with the GPU and the
 dtype: <sweep>_sweep_<metric>_<dtype>.png, log-x over the swept L (B in the batch sweep). Dense and batch
 sweeps: a panel per target dtype, a line per provider. Sparse sweep: one panel, a line per (provider,
-target). Linear sweep: a panel per (B, D), a line per (provider, target). Then REPORT.md per folder
-(bench/report.py).
+target). Linear sweep: a panel per (B, D), a line per (provider, target). Variants sweep (one shape): a
+bar per provider, grouped by variant, a panel per L. Then REPORT.md per folder (bench/report.py).
 
 Lines that coincide (the target memory of providers given the same target, say) stay visible: each line has
 its own marker and dash pattern, the later ones drawn thinner and smaller on top, and a panel whose lines
@@ -78,10 +78,50 @@ def layout(kernel: str, x_name: str, provider: str, config: dict) -> tuple[str, 
     return f"{config['target_dtype']} targets", provider, f"{logits}, {fixed}"
 
 
+def _variant_color(provider: str) -> str:
+    """The variants sweep's bar colour: ours, eager torch or torch.compile."""
+    if provider.startswith("softmargin-triton"):
+        return "C0"
+    return "C2" if provider.endswith("-compile") else "C1"
+
+
+def plot_variants(path: Path, frame: pd.DataFrame) -> list[Path]:
+    """The variants sweep: fwd+bwd median time per provider (20th–80th percentile as error bars), grouped by
+    variant, one panel per L, one PNG per logits dtype."""
+    written = []
+    times = frame[frame["metric"] == "time"]
+    for dtype, group in times.groupby("dtype"):
+        sizes = sorted(set(group["x_value"]))
+        fig, axes = plt.subplots(1, len(sizes), figsize=(1.4 + 5.2 * len(sizes), 4.2), squeeze=False)
+        for ax, x in zip(axes[0], sizes, strict=True):
+            rows = group[group["x_value"] == x]
+            colors = [_variant_color(provider) for provider in rows["provider"]]
+            errors = [rows["y_50"] - rows["y_20"], rows["y_80"] - rows["y_50"]]
+            ax.barh(rows["provider"], rows["y_50"], xerr=errors, color=colors, capsize=3)
+            ax.invert_yaxis()  # in the sweep's order, top down
+            ax.set_xscale("log")
+            ax.set_xlabel("fwd+bwd time (ms)")
+            ax.set_title(f"B={rows['batch'].iloc[0]}, L={x}", fontsize=10)
+            ax.grid(True, axis="x", which="both", alpha=0.3)
+        first = group.iloc[0]
+        fig.suptitle(
+            f"loss variants, fwd+bwd — {first['gpu_name']}\n{dtype} logits; ours: {first['ours_path']}"
+        )
+        fig.tight_layout()
+        out = path.parent / f"{path.stem}_time_{dtype}.png"
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
 def plot_csv(path: Path) -> list[Path]:
     frame = pd.read_csv(path)
     frame = frame[(frame["mode"] == "full") & frame["metric"].isin(METRICS)]
     config = frame["extra_config"].map(json.loads)
+    if len(config) and config.map(lambda c: "variant" in c).all():
+        fields = pd.DataFrame(config.tolist(), index=frame.index)[["dtype", "batch"]]
+        return plot_variants(path, frame.join(fields))
     described = [
         layout(*fields)
         for fields in zip(frame["kernel"], frame["x_name"], frame["provider"], config, strict=True)

@@ -34,7 +34,7 @@ except ImportError as error:
     ) from error
 
 HEADLINE_DTYPE = "bf16"
-HEADLINE_LABELS = {"dense": 131072, "sparse": 670091, "linear": 670091}
+HEADLINE_LABELS = {"dense": 131072, "sparse": 670091, "linear": 670091, "variants": 131072}
 RESOURCES = Path(__file__).resolve().parents[1] / "reports" / "resources"
 OURS = "softmargin-triton"
 
@@ -227,6 +227,60 @@ def linear_section(full: pd.DataFrame, goals: bool = True) -> list[str]:
     sources = set(full["gemm_source"].dropna()) if "gemm_source" in full else set()
     if sources:
         lines += ["", f"3-GEMM floor from: {'; '.join(sorted(sources))}."]
+    return [*lines, ""]
+
+
+def _variant_value(full: pd.DataFrame, provider: str, x: int, metric: str = "time") -> float | None:
+    """A variants-sweep value of one provider at L=x, whatever its target (ours and torch's differ)."""
+    rows = full[(full["provider"] == provider) & (full["x_value"] == x) & (full["metric"] == metric)]
+    return float(rows["y_50"].iloc[0]) if len(rows) else None
+
+
+def _parameters(config: pd.Series) -> str:
+    """A variant's parameters as the CSV records them, e.g. 'alpha=0.25, gamma=2.0; mean'."""
+    parameters = config["parameters"] if isinstance(config.get("parameters"), dict) else {}
+    text = ", ".join(f"{name}={value}" for name, value in parameters.items())
+    if pd.notna(config.get("unknown_fraction", float("nan"))):
+        text += f" ({100 * config['unknown_fraction']:.0f}% of the labels unknown)"
+    return f"{text}; {config['reduction']}"
+
+
+def variants_section(full: pd.DataFrame, goals: bool = True) -> list[str]:
+    """Issue 18's losses and options, ours against the published formula in eager torch and its
+    torch.compile: fwd+bwd medians, peak memory and our share of the copy bandwidth."""
+    x = _headline_x(full, "variants")
+    at_x = full[full["x_value"] == x]
+    first = at_x.iloc[0]
+    ours_path = ", ".join(sorted(set(at_x.get("ours_path", pd.Series(dtype=str)).dropna().astype(str))))
+    compiled = at_x["provider"].str.endswith("-compile").any()
+    lines = [
+        f"### Loss variants — fwd+bwd, B={first['batch']}, L={x}, {first['dtype']} logits",
+        "",
+        "Ours (softmargin-triton-<variant>"
+        + (f": {ours_path}" if ours_path else "")
+        + ") against the published formula in eager torch (torch-<variant>: torchvision's focal loss, the "
+        "ASL authors' reference, torch's MLSM on the target smoothed in the call, the masked MLSM)"
+        + (" and its torch.compile" if compiled else "; torch.compile not run")
+        + ". Peak memory: the eager formula's over ours"
+        + ("" if at_x["metric"].eq("memory").any() else " (measured on CUDA only: n/a here)")
+        + ".",
+        "",
+        "| variant | parameters | targets: ours / torch | ours (ms) | eager (ms) | speed-up vs eager | "
+        "torch.compile (ms) | vs torch.compile | peak memory: eager / ours | ours, % of copy bandwidth |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, rows in at_x.groupby("variant", sort=False):
+        ours, eager = f"softmargin-triton-{variant}", f"torch-{variant}"
+        target = dict(zip(rows["provider"], rows["target_dtype"], strict=True))
+        ours_ms, eager_ms = _variant_value(rows, ours, x), _variant_value(rows, eager, x)
+        compile_ms = _variant_value(rows, f"torch-{variant}-compile", x)
+        memory = _ratio(_variant_value(rows, eager, x, "memory"), _variant_value(rows, ours, x, "memory"))
+        lines.append(
+            f"| {variant} | {_parameters(rows.iloc[0])} | {target.get(ours, 'n/a')} / "
+            f"{target.get(eager, 'n/a')} | {_number(ours_ms)} | {_number(eager_ms)} | "
+            f"{_ratio(eager_ms, ours_ms)} | {_number(compile_ms)} | {_ratio(compile_ms, ours_ms)} | "
+            f"{memory} | {_number(_variant_value(rows, ours, x, 'roofline'))} |"
+        )
     return [*lines, ""]
 
 
@@ -579,6 +633,7 @@ SECTIONS = {
     "batch": ("batch", batch_section),
     "sparse": ("labels", sparse_section),
     "linear": ("labels", linear_section),
+    "variants": ("labels", variants_section),
 }
 
 

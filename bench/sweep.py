@@ -11,12 +11,21 @@ linear: linear_multilabel_soft_margin_loss (sparse targets) against eager and co
         our chunked plain-torch loop and, on CUDA only, design (a) of DESIGN.md, one tiled kernel with
         fp32 atomics (bench/linear_tiled.py, "softmargin-triton-tiled"), per (B, D), with the 3-GEMM floor
         of bench/ceilings.py where given, else at the rate of one GEMM measured here.
+variants: the losses and options of issue 18 at one dense shape, each against its published formula in
+        eager torch, written here as a user writes it (and its torch.compile, by default on CUDA only):
+        sigmoid_focal_loss vs torchvision's formula ("focal"), asymmetric_loss vs the ASL authors'
+        reference ("asl"), MLSM with label_smoothing=0.1 vs torch's MLSM on the target smoothed inside
+        the timed call ("smoothing"), MLSM with ignore_value=-1 on an int8 {-1, 0, 1} target vs the masked
+        formula ("partial"). Providers softmargin-triton-<variant>, torch-<variant>,
+        torch-<variant>-compile; extra_config names the variant and its parameters.
 
 Defaults on a CUDA machine: dense at B=4096, L = 2^10 … 2^20 and batch at L=131072, B = 2^8 … 2^14, both
 with bf16, fp16 and fp32 logits and fp32, bf16 and uint8 targets against all five providers; sparse and
-linear with bf16 logits at L ∈ {131072, 670091, 2^21} (linear at B ∈ {1024, 8192}, D ∈ {256, 768}). On
-CPU a small sweep of the CPU paths in about a minute: fp32 logits, fp32 and uint8 targets, dense at B=64
-and L up to 2^14, batch at L=4096 and B ∈ {16, 64, 256}.
+linear with bf16 logits at L ∈ {131072, 670091, 2^21} (linear at B ∈ {1024, 8192}, D ∈ {256, 768});
+variants with bf16 logits at B=4096, L=131072. On CPU a small sweep of the CPU paths in about a minute:
+fp32 logits, fp32 and uint8 targets, dense at B=64 and L up to 2^14, batch at L=4096 and B ∈ {16, 64,
+256}; variants only on request (--sweeps variants: B=64, L=4096, ~25 s on 2 cores), without the compiled
+providers (inductor builds C++ for minutes on a CPU).
 
 A target dtype names the dense target's own dtype: "fp32" is the float target whatever the logits' dtype.
 Torch's losses take floating targets only, so they get a uint8 target in the logits' dtype (converted
@@ -82,13 +91,128 @@ PROVIDERS: dict[str, Callable] = {
     "torch-mlsm-compile": torch.compile(F.multilabel_soft_margin_loss),
     "torch-bce-compile": torch.compile(F.binary_cross_entropy_with_logits),
 }
-SWEEPS = ("dense", "batch", "sparse", "linear")
+SWEEPS = ("dense", "batch", "sparse", "linear", "variants")
+CPU_SWEEPS = SWEEPS[:4]  # the default on a CPU: variants would add ~25 s to the minute (2 cores), on request
 SPARSE_DEFAULT_PROVIDERS = ["softmargin-triton", "torch-mlsm", "torch-bce"]
 MODES = ("forward", "backward", "full")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "uint8": torch.uint8}
 LOGITS_DTYPES = ("bf16", "fp16", "fp32")
 POSITIVES_PER_ROW = 5.45  # Amazon-670K's average
 MIN_SAMPLES = [10]  # samples per measurement at least (--samples), more while they total < 100 ms
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The variants sweep: issue 18's losses and options against their published formulas in eager torch
+# ---------------------------------------------------------------------------------------------------------
+
+
+def torch_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss's formula (torchvision does not import beside the CPU torch build:
+    DESIGN.md)."""
+    p = torch.sigmoid(inputs)
+    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+
+def torch_asymmetric_loss(
+    x, y, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, disable_torch_grad_focal_loss=True, reduction="sum"
+):
+    """The ASL authors' AsymmetricLoss.forward (Alibaba-MIIL/ASL, src/loss_functions/losses.py); its -sum is
+    reduction 'sum'."""
+    xs_pos = torch.sigmoid(x)
+    xs_neg = 1 - xs_pos
+    if clip is not None and clip > 0:
+        xs_neg = (xs_neg + clip).clamp(max=1)
+    loss = y * torch.log(xs_pos.clamp(min=eps)) + (1 - y) * torch.log(xs_neg.clamp(min=eps))
+    if gamma_neg > 0 or gamma_pos > 0:
+        with torch.set_grad_enabled(not disable_torch_grad_focal_loss):
+            pt = xs_pos * y + xs_neg * (1 - y)
+            weight = torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))
+        loss = loss * weight
+    loss = -loss
+    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+
+def torch_smoothed_mlsm(input, target, label_smoothing=0.1, reduction="mean"):
+    """torch's MLSM on the target smoothed as label_smoothing defines it, y·(1 − ε) + ε/2."""
+    smoothed = target * (1 - label_smoothing) + label_smoothing / 2
+    return F.multilabel_soft_margin_loss(input, smoothed, reduction=reduction)
+
+
+def torch_masked_mlsm(input, target, ignore_value=-1, reduction="mean"):
+    """MLSM over the known labels (target != ignore_value), each row divided by its number of known
+    labels, 'mean' over the rows with at least one: what ignore_value means (tests/test_label_options.py)."""
+    known = target != ignore_value
+    y = torch.where(known, target, 0).to(input.dtype)
+    x = torch.where(known, input, 0.0)
+    terms = torch.where(known, -(y * F.logsigmoid(x) + (1 - y) * F.logsigmoid(-x)), 0.0)
+    counts = known.sum(-1)
+    per_row = torch.where(counts > 0, terms.sum(-1) / counts.clamp(min=1), 0.0)
+    return {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / (counts > 0).sum()}[reduction]
+
+
+# variant → (the kernel column, its parameters, ours, torch's eager formula, our target: "binary" is the
+# uint8 {0, 1} target, "partial" the int8 {-1, 0, 1} one; torch's formulas take the binary target in the
+# logits' dtype, converted outside the timed region as in the dense sweep, and the partial one as it is)
+VARIANTS: dict[str, tuple[str, dict, Callable, Callable, str]] = {
+    "focal": (
+        "sigmoid_focal_loss",
+        {"alpha": 0.25, "gamma": 2.0, "reduction": "mean"},
+        st.sigmoid_focal_loss,
+        torch_sigmoid_focal_loss,
+        "binary",
+    ),
+    "asl": (
+        "asymmetric_loss",
+        {"gamma_neg": 4, "gamma_pos": 1, "clip": 0.05, "eps": 1e-8, "disable_torch_grad_focal_loss": True}
+        | {"reduction": "sum"},
+        st.asymmetric_loss,
+        torch_asymmetric_loss,
+        "binary",
+    ),
+    "smoothing": (
+        "multilabel_soft_margin_loss",
+        {"label_smoothing": 0.1, "reduction": "mean"},
+        st.multilabel_soft_margin_loss,
+        torch_smoothed_mlsm,
+        "binary",
+    ),
+    "partial": (
+        "multilabel_soft_margin_loss",
+        {"ignore_value": -1, "reduction": "mean"},
+        st.multilabel_soft_margin_loss,
+        torch_masked_mlsm,
+        "partial",
+    ),
+}
+UNKNOWN_FRACTION = 0.5  # of the partial target's labels are -1; the known ones hold 1% positives
+
+
+def _bound(loss: Callable, params: dict) -> Callable:
+    """loss(input, target) with the variant's parameters: constants to torch.compile, not graph inputs."""
+
+    def call(input, target):
+        return loss(input, target, **params)
+
+    return call
+
+
+def _variant_providers() -> dict[str, tuple[str, Callable]]:
+    """provider → (variant, its call): softmargin-triton-<variant>, torch-<variant> and
+    torch-<variant>-compile."""
+    providers = {}
+    for variant, (_, params, ours, eager, _) in VARIANTS.items():
+        providers[f"softmargin-triton-{variant}"] = (variant, _bound(ours, params))
+        providers[f"torch-{variant}"] = (variant, _bound(eager, params))
+        providers[f"torch-{variant}-compile"] = (variant, torch.compile(_bound(eager, params)))
+    return providers
+
+
+VARIANT_PROVIDERS = _variant_providers()
 
 
 def copy_bandwidth_gbs(device: str) -> float:
@@ -243,6 +367,26 @@ def result_rows(row: dict, measured: tuple, rates: dict[str, tuple[str, float]])
     return rows
 
 
+def copy_rates(batch: int, labels: int, element_bytes: int, copy_gbs: float) -> dict[str, tuple[str, float]]:
+    """The rates of a memory-bound loss: its fused minimum of bytes per ms as GB/s and as % of the copy
+    bandwidth."""
+    gb_per_ms = batch * labels * element_bytes / 1e6
+    return {"bandwidth": ("GB/s", gb_per_ms), "roofline": ("% copy", 100 * gb_per_ms / copy_gbs)}
+
+
+def timed_rows(
+    row: dict, forward: Callable, leaves: list[torch.Tensor], device: str, args, rates: dict, extra=()
+) -> list[dict]:
+    """The rows of one measurement (`extra` added in 'full' mode), or its error row: the sweep goes on."""
+    try:
+        rows = result_rows(row, measure(forward, leaves, row["mode"], device, profiled(row, args)), rates)
+        return rows + list(extra) if row["mode"] == "full" else rows
+    except Exception as error:
+        for leaf in leaves:
+            leaf.grad = None
+        return [error_row(row, error, device)]
+
+
 def problem_sizes(
     sweep: str, args: argparse.Namespace, device: str
 ) -> tuple[str, list[tuple[int, int, int]]]:
@@ -297,9 +441,9 @@ class Sink:
         frame.to_csv(self.path, index=False)
 
 
-def profiled(provider: str, mode: str, args) -> bool:
+def profiled(row: dict, args) -> bool:
     """Kernel times by the profiler: ours, fwd+bwd, where asked for (on CUDA only, in measure)."""
-    return args.profile and mode == "full" and provider.startswith("softmargin-triton")
+    return args.profile and row["mode"] == "full" and row["provider"].startswith("softmargin-triton")
 
 
 def run_sweep(sweep: str, args, device: str, common: dict, sink: Sink) -> int:
@@ -344,8 +488,7 @@ def run_sweep(sweep: str, args, device: str, common: dict, sink: Sink) -> int:
                 }
                 if sparse is not None:
                     config["positives_per_row"] = sparse.nnz / batch
-                gb_per_ms = batch * labels * element_bytes / 1e6
-                rates = {"bandwidth": ("GB/s", gb_per_ms), "roofline": ("% copy", 100 * gb_per_ms / copy_gbs)}
+                rates = copy_rates(batch, labels, element_bytes, copy_gbs)
                 target_mb = target_bytes(target) / 2**20
                 for mode in modes:
                     row = {
@@ -358,18 +501,75 @@ def run_sweep(sweep: str, args, device: str, common: dict, sink: Sink) -> int:
                         "extra_config": json.dumps(config),
                     }
                     forward = functools.partial(PROVIDERS[provider], x, target)
-                    try:
-                        measured = measure(forward, [x], mode, device, profiled(provider, mode, args))
-                        rows = result_rows(row, measured, rates)
-                        if mode == "full":
-                            rows.append({**row, "metric": "target_memory", "unit": "MB", "y_50": target_mb})
-                    except Exception as error:
-                        rows = [error_row(row, error, device)]
-                        x.grad = None
-                    sink.add(rows)
+                    target_row = {**row, "metric": "target_memory", "unit": "MB", "y_50": target_mb}
+                    sink.add(timed_rows(row, forward, [x], device, args, rates, [target_row]))
                     progress.update()
                 del target
             del x, sparse, binary
+    progress.close()
+    return total
+
+
+def variant_targets(batch: int, labels: int, device: str) -> dict[str, torch.Tensor]:
+    """The variants' targets: "binary", bool with the dense sweep's 1% positives, and "partial", int8 with
+    UNKNOWN_FRACTION of the labels -1 (unknown) and the others 0 or 1 as in "binary"."""
+    binary = torch.rand(batch, labels, device=device) < 0.01
+    unknown = torch.rand(batch, labels, device=device) < UNKNOWN_FRACTION
+    return {"binary": binary, "partial": binary.to(torch.int8).masked_fill_(unknown, -1)}
+
+
+def run_variants_sweep(args, device: str, common: dict, sink: Sink) -> int:
+    """Each variant of VARIANTS, ours against torch's eager formula (and its torch.compile), at each
+    (B, L) of problem_sizes: the dense sweep's measurements and rates (bytes: the logits read, the 1-byte
+    target read, the gradient written)."""
+    default = [p for p in VARIANT_PROVIDERS if device == "cuda" or not p.endswith("-compile")]
+    providers = [p for p in args.providers if p in VARIANT_PROVIDERS] if args.providers else default
+    x_name, sizes = problem_sizes("variants", args, device)
+    dtypes = dtype_modes("variants", args, device)
+    total = sum(len(sizes) * len(providers) * len(modes) for _, modes in dtypes)
+    progress = tqdm(total=total, desc="variants sweep", unit="case")
+    for dtype_name, modes in dtypes:
+        dtype = DTYPES[dtype_name]
+        for x_value, batch, labels in sizes:
+            x = torch.randn(batch, labels, device=device, dtype=dtype).requires_grad_(True)
+            targets = variant_targets(batch, labels, device)
+            element_bytes = 2 * dtype.itemsize + 1  # both targets hold one byte an element
+            rates = copy_rates(batch, labels, element_bytes, common["copy_bandwidth_gbs"])
+            for provider in providers:
+                variant, loss = VARIANT_PROVIDERS[provider]
+                kernel, params, _, _, kind = VARIANTS[variant]
+                if kind == "partial":
+                    target, target_name = targets["partial"], "int8"
+                elif provider.startswith("torch"):  # a float target, converted outside the timed region
+                    target, target_name = targets["binary"].to(dtype), dtype_name
+                else:
+                    target, target_name = targets["binary"].to(torch.uint8), "uint8"
+                config = {
+                    "batch": batch,
+                    "dtype": dtype_name,
+                    "target_dtype": target_name,
+                    "variant": variant,
+                    "parameters": {k: v for k, v in params.items() if k != "reduction"},
+                    "reduction": params["reduction"],
+                    "min_bytes_per_element": element_bytes,
+                    **({"unknown_fraction": UNKNOWN_FRACTION} if kind == "partial" else {}),
+                }
+                target_row = {"metric": "target_memory", "unit": "MB", "y_50": target.nbytes / 2**20}
+                for mode in modes:
+                    row = {
+                        **common,
+                        "kernel": kernel,
+                        "provider": provider,
+                        "mode": mode,
+                        "x_name": x_name,
+                        "x_value": x_value,
+                        "extra_config": json.dumps(config),
+                    }
+                    forward = functools.partial(loss, x, target)
+                    sink.add(timed_rows(row, forward, [x], device, args, rates, [{**row, **target_row}]))
+                    progress.update()
+                del target
+            del x, targets
     progress.close()
     return total
 
@@ -480,15 +680,7 @@ def run_linear_sweep(args, device: str, common: dict, sink: Sink, ceilings: pd.D
                             "extra_config": json.dumps(config),
                         }
                         forward = functools.partial(LINEAR_PROVIDERS[provider], input, weight, target)
-                        try:
-                            measured = measure(
-                                forward, [input, weight], mode, device, profiled(provider, mode, args)
-                            )
-                            rows = result_rows(row, measured, rates)
-                        except Exception as error:
-                            rows = [error_row(row, error, device)]
-                            input.grad = weight.grad = None
-                        sink.add(rows)
+                        sink.add(timed_rows(row, forward, [input, weight], device, args, rates))
                         progress.update()
                     del target
                 del input, weight, sparse
@@ -497,6 +689,8 @@ def run_linear_sweep(args, device: str, common: dict, sink: Sink, ceilings: pd.D
 
 
 def default_labels(sweep: str, device: str) -> list[int]:
+    if sweep == "variants":  # the dense headline's shape
+        return [131072] if device == "cuda" else [4096]
     if device != "cuda":
         return [2**10, 2**12, 2**14]
     return [2**k for k in range(10, 21)] if sweep == "dense" else [131072, 670091, 2**21]
@@ -515,15 +709,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for the CSVs")
-    parser.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS))
     parser.add_argument(
-        "--batch", type=int, default=4096 if cuda else 64, help="B of the dense and sparse sweeps"
+        "--sweeps",
+        nargs="+",
+        choices=SWEEPS,
+        default=list(SWEEPS) if cuda else list(CPU_SWEEPS),
+        help="default: all on CUDA; on a CPU all but variants (%(default)s)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=4096 if cuda else 64, help="B of the dense, sparse and variants sweeps"
     )
     parser.add_argument(
         "--labels",
         type=int,
         nargs="+",
-        help="L of the dense, sparse and linear sweeps (default: per sweep and device)",
+        help="L of the dense, sparse, linear and variants sweeps (default: per sweep and device)",
     )
     parser.add_argument(
         "--batches",
@@ -558,8 +758,9 @@ def main() -> None:
     parser.add_argument(
         "--providers",
         nargs="+",
-        choices=sorted(set(PROVIDERS) | set(LINEAR_PROVIDERS)),
-        help="default: all for the dense, batch and linear sweeps; ours and eager torch for the sparse one",
+        choices=sorted(set(PROVIDERS) | set(LINEAR_PROVIDERS) | set(VARIANT_PROVIDERS)),
+        help="default: all for the dense, batch and linear sweeps; ours and eager torch for the sparse one; "
+        "for the variants all on CUDA, all but the compiled ones on a CPU",
     )
     parser.add_argument(
         "--linear-batches", type=int, nargs="+", default=[1024, 8192] if cuda else [64], help="linear sweep B"
@@ -602,6 +803,8 @@ def main() -> None:
         sink = Sink(path, args.append)
         if sweep == "linear":
             cases_run = run_linear_sweep(args, device, common, sink, ceilings)
+        elif sweep == "variants":
+            cases_run = run_variants_sweep(args, device, common, sink)
         else:
             cases_run = run_sweep(sweep, args, device, common, sink)
         sink.write()

@@ -163,6 +163,107 @@ def test_sweep_writes_csv_plot_and_report(tmp_path):
             assert image[..., :3].std() > 0.05, f"{sweep} {dtype} plot is blank"
 
 
+VARIANTS = ("focal", "asl", "smoothing", "partial")
+
+
+def test_variants_sweep_writes_csv_plot_and_report(tmp_path, monkeypatch):
+    """Issue 18's variants at a toy size, fwd+bwd only (the dry run of tests/test_gpu_session.py times
+    forward and backward alone too): ours and each eager formula, the same columns as the other sweeps,
+    the parameters in extra_config; then its plot and REPORT.md's "Loss variants" from the CSV."""
+    run(
+        "bench/sweep.py",
+        "--out",
+        str(tmp_path),
+        "--sweeps",
+        "variants",
+        "--batch",
+        "4",
+        "--labels",
+        "64",
+        "--dtypes",
+        "fp32",
+        "--breakdown-dtypes",
+    )
+    frame = read_sweep(tmp_path / "variants_sweep.csv")
+    cuda = frame["gpu_name"].iloc[0] != "cpu"
+    kinds = ("softmargin-triton-{}", "torch-{}", *(("torch-{}-compile",) if cuda else ()))
+    assert set(frame["provider"]) == {kind.format(variant) for variant in VARIANTS for kind in kinds}
+    for column in (
+        "kernel",
+        "mode",
+        "x_name",
+        "x_value",
+        "y_50",
+        "copy_bandwidth_gbs",
+        "ours_path",
+        "git_commit",
+    ):
+        assert frame[column].notna().all(), column
+    assert (
+        set(frame["x_name"]) == {"labels"} and set(frame["x_value"]) == {64} and (frame["batch"] == 4).all()
+    )
+    times = frame[frame["metric"] == "time"]
+    assert set(times["mode"]) == {"full"} and len(times) == len(VARIANTS) * len(kinds)
+    assert (times["y_50"] > 0).all() and (times["y_20"] <= times["y_80"]).all()
+    assert len(frame[frame["metric"] == "roofline"]) == len(times)
+    targets = {
+        (v, p.split("-")[0]): t
+        for v, p, t in zip(times["variant"], times["provider"], times["target_dtype"], strict=True)
+    }
+    assert targets == {
+        **{(v, "softmargin"): "uint8" for v in VARIANTS[:3]},
+        **{(v, "torch"): "fp32" for v in VARIANTS[:3]},  # torch's formulas take float targets
+        ("partial", "softmargin"): "int8",
+        ("partial", "torch"): "int8",  # the eager formula masks the {-1, 0, 1} target itself
+    }
+    parameters = dict(zip(times["variant"], times["parameters"], strict=True))
+    assert parameters["focal"] == {"alpha": 0.25, "gamma": 2.0}
+    assert parameters["smoothing"] == {"label_smoothing": 0.1}
+    assert parameters["partial"] == {"ignore_value": -1}
+    assert parameters["asl"]["gamma_neg"] == 4 and parameters["asl"]["clip"] == 0.05
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # plot.py imports report.py from beside it
+    (png,) = importlib.import_module("plot").plot_csv(tmp_path / "variants_sweep.csv")
+    assert png.name == "variants_sweep_time_fp32.png"
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 200 and image[..., :3].std() > 0.05, "blank variants plot"
+    report.write_report(tmp_path)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "### Loss variants — fwd+bwd, B=4, L=64, fp32 logits" in text, text
+    for variant in VARIANTS:
+        ours = times.loc[times["provider"] == f"softmargin-triton-{variant}", "y_50"].iloc[0]
+        eager = times.loc[times["provider"] == f"torch-{variant}", "y_50"].iloc[0]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {variant} | "))
+        assert f"| {eager / ours:.2f}× |" in row, row
+    if not cuda:
+        assert "torch.compile not run" in text and "(measured on CUDA only: n/a here)" in text
+
+
+def test_variants_section_compiled_and_memory():
+    """The section's CUDA-only columns from a synthetic CSV: torch.compile, the peak-memory ratio."""
+    rows = []
+    for provider, target, ms, mb, roofline in (
+        ("softmargin-triton-focal", "uint8", 1.0, 2.0, 80.0),
+        ("torch-focal", "bf16", 25.0, 11.0, 3.2),
+        ("torch-focal-compile", "bf16", 1.5, 4.0, 53.0),
+    ):
+        config = {"batch": 4096, "dtype": "bf16", "target_dtype": target, "variant": "focal"}
+        config |= {"parameters": {"alpha": 0.25, "gamma": 2.0}, "reduction": "mean"}
+        base = {"provider": provider, "mode": "full", "x_value": 131072, "extra_config": json.dumps(config)}
+        rows += [
+            {**base, "metric": "time", "y_50": ms},
+            {**base, "metric": "memory", "y_50": mb},
+            {**base, "metric": "roofline", "y_50": roofline},
+        ]
+    full = report._headline(pd.DataFrame(rows).assign(ours_path="Triton kernels"))
+    lines = report.variants_section(full)
+    assert lines[0] == "### Loss variants — fwd+bwd, B=4096, L=131072, bf16 logits"
+    assert (
+        "| focal | alpha=0.25, gamma=2.0; mean | uint8 / bf16 | 1 | 25 | 25.00× | 1.5 | 1.50× | 5.50× | 80 |"
+        in lines
+    )
+
+
 def _time(frame: pd.DataFrame, provider: str, x: int) -> float:
     """Median fwd+bwd time at bf16 logits and uint8 targets."""
     rows = frame[
