@@ -9,9 +9,13 @@ pos_weight, 'none'), the sparse forward (SparseTargets, MLSM and BCE), the in-pl
 (grad_into_input=True, dense and sparse), the gradient-scale kernel (a grad_output that is not 1: per
 row, per element, and fp16's scale applied in the backward, at 'sum'), the fused linear chunk kernel (bf16
 with sparse targets and bias, bf16 with a dense uint8 target and label weights, fp16 'none' which
-recomputes in the backward) and the tiled comparison design of bench/linear_tiled.py. The reference is
-torch's own loss in float64 on the same (already rounded) inputs, gradients by float64 autograd with the
-same grad_output.
+recomputes in the backward), the tiled comparison design of bench/linear_tiled.py, and issue 18's forms
+and options: sigmoid_focal_loss, asymmetric_loss, label_smoothing on a dense and on a sparse target, and
+ignore_value (partial labels: the known-counts kernel, then the forward). The reference is torch's own
+loss in float64 on the same (already rounded) inputs, or for issue 18's the published formula in torch
+that the variants sweep times (bench/sweep.py: torchvision's focal loss, the ASL authors' reference,
+torch's MLSM on the smoothed target, the masked MLSM), gradients by float64 autograd with the same
+grad_output.
 
 Pass: |ours − ref| ≤ tol·(max|ref| + |ref|) everywhere, NaN at the same places, tol by the dtype of the
 tensor checked (fp32 2e-5, fp16 2e-3, bf16 1.6e-2, as the tests' conftest). One CSV row per checked
@@ -33,6 +37,12 @@ if not torch.cuda.is_available():  # the interpreter must be chosen before trito
 import pandas as pd
 import torch.nn.functional as F
 from linear_tiled import tiled_linear_multilabel_soft_margin_loss  # bench/linear_tiled.py, beside this
+from sweep import (  # the published formulas, as the variants sweep times them (bench/sweep.py)
+    torch_asymmetric_loss,
+    torch_masked_mlsm,
+    torch_sigmoid_focal_loss,
+    torch_smoothed_mlsm,
+)
 from timing import environment, log, zipf_padded  # bench/timing.py
 
 import softmargin_triton as st
@@ -62,6 +72,15 @@ def _sparse(rows, cols, seed):
 
 def _binary(rows, cols, dtype, seed):
     return (torch.rand(rows, cols, device=DEVICE, generator=_generator(seed)) < 0.05).to(dtype)
+
+
+def _partial(rows, cols, seed):
+    """int8 partial labels: 5% positives, half the labels -1 (unknown), one row with no known label."""
+    g = _generator(seed)
+    target = (torch.rand(rows, cols, device=DEVICE, generator=g) < 0.05).to(torch.int8)
+    target[torch.rand(rows, cols, device=DEVICE, generator=g) < 0.5] = -1
+    target[0] = -1
+    return target
 
 
 def _compare(name, ours, reference, dtype) -> dict:
@@ -169,6 +188,35 @@ def check_sparse_bce():
         pos_weight=pos_weight,
         reduction="sum",
     )
+
+
+def check_focal():
+    x, y = _logits(ROWS, LABELS, torch.bfloat16, 30), _binary(ROWS, LABELS, torch.uint8, 31)
+    return _loss_check(st.sigmoid_focal_loss, torch_sigmoid_focal_loss, x, y, "one", reduction="mean")
+
+
+def check_asymmetric():
+    # fp32, the reference's defaults and its 'sum', scaled by a grad_output that is not 1
+    x, y = _logits(ROWS, LABELS, torch.float32, 32), _binary(ROWS, LABELS, torch.uint8, 33)
+    return _loss_check(st.asymmetric_loss, torch_asymmetric_loss, x, y, "random")
+
+
+def check_dense_smoothed():
+    x, y = _logits(ROWS, LABELS, torch.bfloat16, 34), _binary(ROWS, LABELS, torch.uint8, 35)
+    return _loss_check(st.multilabel_soft_margin_loss, torch_smoothed_mlsm, x, y, "one", label_smoothing=0.1)
+
+
+def check_sparse_smoothed():
+    x, targets = _logits(ROWS, LABELS, torch.bfloat16, 36), _sparse(ROWS, LABELS, 37)
+    dense = targets.to_dense(torch.float64)
+    return _loss_check(
+        st.multilabel_soft_margin_loss, torch_smoothed_mlsm, x, targets, "one", dense, label_smoothing=0.1
+    )
+
+
+def check_partial():
+    x, y = _logits(ROWS, LABELS, torch.bfloat16, 38), _partial(ROWS, LABELS, 39)
+    return _loss_check(st.multilabel_soft_margin_loss, torch_masked_mlsm, x, y, "one", ignore_value=-1)
 
 
 def _in_place(target, dense, seed):
@@ -299,6 +347,23 @@ CHECKS = {
         check_linear_fp16_none,
     ),
     "linear tiled bf16 sparse bias (bench/linear_tiled.py)": ("linear_soft_margin_tiled", check_linear_tiled),
+    "focal bf16 uint8 mean": ("soft_margin_forward (focal), soft_margin_scale_grad", check_focal),
+    "asymmetric fp32 uint8 sum, grad_output not 1": (
+        "soft_margin_forward (asymmetric), soft_margin_scale_grad",
+        check_asymmetric,
+    ),
+    "dense mlsm bf16 uint8 label_smoothing mean": (
+        "soft_margin_forward (label smoothing), soft_margin_scale_grad",
+        check_dense_smoothed,
+    ),
+    "sparse mlsm bf16 label_smoothing mean": (
+        "soft_margin_forward (sparse, label smoothing), soft_margin_scale_grad",
+        check_sparse_smoothed,
+    ),
+    "partial mlsm bf16 int8 ignore_value mean": (
+        "soft_margin_known_counts, soft_margin_forward (ignore_value), soft_margin_scale_grad",
+        check_partial,
+    ),
 }
 
 
