@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -302,3 +303,18 @@ def test_readme_example_runs(capsys):
     exec(compile(script, "README.md", "exec"), {})
     losses = [float(line.split("loss ")[1]) for line in capsys.readouterr().out.splitlines()]
     assert len(losses) > 1 and losses[-1] < losses[0], losses
+
+
+def test_bench_writes_its_csv(tmp_path):
+    """bench/siglip.py at toy sizes: every provider and batch size timed and measured, no error rows."""
+    bench = Path(__file__).parents[1] / "bench" / "siglip.py"
+    command = [sys.executable, str(bench), "--out", str(tmp_path), "--batches", "32", "64", "--dim", "8"]
+    out = subprocess.run([*command, "--samples", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    frame = pd.read_csv(tmp_path / "cpu.csv")
+    assert set(frame["metric"]) == {"time", "memory", "tflops"}
+    counts = frame.groupby(["provider", "x_value"]).size()
+    assert len(counts) == 6 and (counts == 3).all(), counts
+    timed = frame[frame["metric"] != "memory"]
+    assert (timed["y_50"] > 0).all() and (frame["y_50"] >= 0).all(), frame[["provider", "metric", "y_50"]]
+    assert set(frame["ours_path"]) == {"plain-torch fallback"}

@@ -1,0 +1,232 @@
+"""SigLIP's loss three ways, fwd+bwd over the batch size: time and peak memory → one long-format CSV.
+
+    python bench/siglip.py [--out reports/siglip] [--batches ...] [--dim D] [--dtype bf16|fp16|fp32]
+        [--blocks N] [--providers ...] [--samples N]
+
+Providers, all computing -logsigmoid(z · (scale · img @ txtᵀ + bias)).sum() / B (open_clip's SigLipLoss,
+z = +1 on the diagonal, -1 elsewhere) with gradients for the features, the scale and the bias:
+  softmargin-triton  st.sigmoid_contrastive_loss: the fused linear loss over text chunks, no B×B logits
+                     (on a CPU its plain-torch chunk loop: the ours_path column says which ran);
+  torch-formula      the formula as written, its B×B logits and their gradient in memory at once;
+  torch-chunked      the formula over --blocks blocks of texts, as open_clip sums a block per neighbour's
+                     texts: each block's logits are formed and reduced in turn, but autograd keeps every
+                     block's for the backward, so the peak stays O(B²).
+
+Defaults: on a GPU B ∈ {4096, 16384, 32768}, D = 768, bf16; on a CPU B ∈ {512, 1024, 2048, 4096}, D = 128,
+fp32. Our scratch is SOFTMARGIN_TRITON_SCRATCH_MB's (default 64 MiB; the extra_config column records it):
+below a B at which the formula's B×B tensors outgrow it, ours holds about as much as the formula.
+Features are unit vectors (as SigLIP normalizes them), scale 10 and bias -10 (its initialization), all
+leaves requiring gradients. Each case runs once untimed (first-call setup), then once for its peak memory,
+then timed by bench/timing.py's sample_ms (median, 20th and 80th percentile of ≥ --samples calls).
+
+Peak memory is the most the call holds beyond what existed when it started: on CUDA
+torch.cuda.max_memory_allocated; on a CPU the process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs before the call) above its resident set at the start, with malloc's mmap threshold
+fixed at 64 KiB so that freed tensors leave the resident set instead of being reused unseen. Rows:
+metric time (ms), memory (MB) and tflops (6·B²·D flop, the three GEMMs, per second), x_name "batch";
+an error row (e.g. out of memory) where a case fails. Writes <out>/<device>.csv: cpu.csv, or the GPU's name
+as bench/unpack.py spells it (h200.csv).
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+try:
+    import pandas as pd
+except ImportError as error:
+    raise ImportError(
+        f"bench/ needs {error.name or error}, which the package's core install leaves out: "
+        'pip install -e ".[bench]"'
+    ) from error
+import torch
+import torch.nn.functional as F
+from timing import cpu_model, environment, log, sample_ms, tqdm  # bench/timing.py, beside this script
+from torch import Tensor
+
+import softmargin_triton as st
+from softmargin_triton.backend import use_triton_for
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def formula(image_features, text_features, logit_scale, logit_bias):
+    """open_clip's formula: the (B, B) logits, labels 2·I - 1."""
+    logits = logit_scale * image_features @ text_features.T + logit_bias
+    labels = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / image_features.shape[0]
+
+
+def chunked_formula(image_features, text_features, logit_scale, logit_bias, blocks: int):
+    """The formula summed over `blocks` blocks of texts, as open_clip sums over its neighbours' texts."""
+    batch = image_features.shape[0]
+    scaled = logit_scale * image_features
+    rows = torch.arange(batch, device=image_features.device)
+    block = -(-batch // blocks)
+    total = 0
+    for start in range(0, batch, block):
+        logits = scaled @ text_features[start : start + block].T + logit_bias
+        labels = torch.where(rows[:, None] == rows[None, start : start + block], 1.0, -1.0).to(logits.dtype)
+        total = total + -F.logsigmoid(labels * logits).sum()
+    return total / batch
+
+
+def fix_malloc_thresholds() -> None:
+    """Freed tensors of 64 KiB and more go back to the system at once (glibc), so that a call's peak
+    resident set counts its own allocations, not pages an earlier call freed and this one reused."""
+    libc = ctypes.CDLL("libc.so.6")
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024) and libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024)):
+        raise RuntimeError("mallopt refused the thresholds: CPU peak memory would be unreliable")
+
+
+def _status_bytes(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) * 1024  # kB
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:
+    """The most `fn` holds at once beyond what existed when it started (see the module docstring)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current resident set
+    base = _status_bytes("VmRSS:")
+    fn()
+    return _status_bytes("VmHWM:") - base
+
+
+def unit_features(batch: int, dim: int, dtype: torch.dtype, device: str) -> list[Tensor]:
+    """The leaves of one case: unit image and text features (B, D) in `dtype`, float32 scale 10 and bias
+    -10 (SigLIP's initialization), all requiring gradients; seeded by B."""
+    generator = torch.Generator().manual_seed(batch)
+    features = [F.normalize(torch.randn(batch, dim, generator=generator), dim=-1) for _ in range(2)]
+    leaves = [t.to(device, dtype) for t in features] + [torch.tensor(v, device=device) for v in (10.0, -10.0)]
+    return [leaf.requires_grad_(True) for leaf in leaves]
+
+
+def measure(loss_fn: Callable, leaves: list[Tensor], device: str, samples: int):
+    """((median, 20th, 80th percentile) of fwd+bwd in ms, peak extra bytes) of loss_fn(*leaves); its first
+    call (setup) is not measured, and every call starts without .grad, as after optimizer.zero_grad()."""
+
+    def clear_grads():
+        for leaf in leaves:
+            leaf.grad = None
+
+    def step():
+        loss_fn(*leaves).backward()
+
+    try:
+        step()
+        clear_grads()
+        peak = peak_extra_bytes(step, device)
+        clear_grads()
+        return sample_ms(step, device, clear_grads, min_samples=samples), peak
+    finally:
+        clear_grads()
+
+
+def device_name(device: str) -> str:
+    """cpu, or the GPU's name as bench/unpack.py spells it: 'NVIDIA H200' → 'h200'."""
+    if device != "cuda":
+        return "cpu"
+    name = re.sub(r"^nvidia\s+", "", torch.cuda.get_device_name(), flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/siglip"), help="folder for <device>.csv")
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=[4096, 16384, 32768] if cuda else [512, 1024, 2048, 4096]
+    )
+    parser.add_argument("--dim", type=int, default=768 if cuda else 128)
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16" if cuda else "fp32")
+    parser.add_argument("--blocks", type=int, default=8, help="text blocks of the chunked formula")
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        choices=["softmargin-triton", "torch-formula", "torch-chunked"],
+        default=["softmargin-triton", "torch-formula", "torch-chunked"],
+    )
+    parser.add_argument("--samples", type=int, default=10, help="timed calls per case at least")
+    args = parser.parse_args()
+    if not cuda:
+        fix_malloc_thresholds()
+
+    providers = {
+        "softmargin-triton": st.sigmoid_contrastive_loss,
+        "torch-formula": formula,
+        "torch-chunked": lambda *operands: chunked_formula(*operands, args.blocks),
+    }
+    dtype = DTYPES[args.dtype]
+    ours_path = "Triton kernels" if use_triton_for(torch.empty(0, device=device)) else "plain-torch fallback"
+    memory_method = (
+        "torch.cuda.max_memory_allocated above the call's start"
+        if cuda
+        else "peak RSS above the call's start (VmHWM reset via /proc/self/clear_refs, mmap threshold 64 KiB)"
+    )
+    common = {**environment(), "cpu": cpu_model(), "ours_path": ours_path}
+    rows = []
+    progress = tqdm(total=len(args.batches) * len(args.providers), desc="siglip", unit="case")
+    for batch in args.batches:
+        leaves = unit_features(batch, args.dim, dtype, device)
+        for provider in args.providers:
+            config = dict(dim=args.dim, dtype=args.dtype, memory_method=memory_method)
+            if provider == "torch-chunked":
+                config["blocks"] = args.blocks
+            if provider == "softmargin-triton":
+                config["scratch_mb"] = os.environ.get(st.SCRATCH_ENV_VAR, "default")
+            row = {
+                **common,
+                "kernel": "sigmoid_contrastive_loss",
+                "provider": provider,
+                "mode": "full",
+                "x_name": "batch",
+                "x_value": batch,
+                "extra_config": json.dumps(config),
+            }
+            try:
+                (t50, t20, t80), peak = measure(providers[provider], leaves, device, args.samples)
+                flop = 6 * batch * batch * args.dim
+                rows += [
+                    {**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80},
+                    {**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20},
+                    {
+                        **row,
+                        "metric": "tflops",
+                        "unit": "TFLOP/s",
+                        **{f"y_{q}": flop / ms / 1e9 for q, ms in ((50, t50), (20, t80), (80, t20))},
+                    },
+                ]
+                log(f"B={batch} {provider}: {t50:.1f} ms, {peak / 2**20:.1f} MB")
+            except Exception as error:  # e.g. the formula out of memory at the largest B: recorded, go on
+                if cuda:
+                    torch.cuda.empty_cache()
+                rows.append(
+                    {**row, "metric": "error", "unit": "", "error": f"{type(error).__name__}: {error}"[:300]}
+                )
+                log(f"B={batch} {provider}: {type(error).__name__}")
+            progress.update()
+    progress.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{device_name(device)}.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
