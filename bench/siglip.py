@@ -13,16 +13,18 @@ z = +1 on the diagonal, -1 elsewhere) with gradients for the features, the scale
                      block's for the backward, so the peak stays O(B²).
 
 Defaults: on a GPU B ∈ {4096, 16384, 32768}, D = 768, bf16; on a CPU B ∈ {512, 1024, 2048, 4096}, D = 128,
-fp32. Our scratch is SOFTMARGIN_TRITON_SCRATCH_MB's (default 64 MiB; the extra_config column records it):
-below a B at which the formula's B×B tensors outgrow it, ours holds about as much as the formula.
+fp32. Our scratch is SOFTMARGIN_TRITON_SCRATCH_MB's (default 64 MiB; the extra_config column records it),
+so ours holds up to that budget plus O(B·D) whatever B, and at small B can hold more than the formula.
 Features are unit vectors (as SigLIP normalizes them), scale 10 and bias -10 (its initialization), all
-leaves requiring gradients. Each case runs once untimed (first-call setup), then once for its peak memory,
-then timed by bench/timing.py's sample_ms (median, 20th and 80th percentile of ≥ --samples calls).
+leaves requiring gradients. Every case is timed first, by bench/timing.py's sample_ms (median, 20th and
+80th percentile of ≥ --samples calls), then every case's peak memory is measured in a call of its own; each
+measurement follows an untimed call (first-call setup).
 
 Peak memory is the most the call holds beyond what existed when it started: on CUDA
 torch.cuda.max_memory_allocated; on a CPU the process's peak resident set (VmHWM, reset through
 /proc/self/clear_refs before the call) above its resident set at the start, with malloc's mmap threshold
-fixed at 64 KiB so that freed tensors leave the resident set instead of being reused unseen. Rows:
+fixed at 64 KiB so that freed tensors leave the resident set instead of being reused unseen (only after
+the timings: every allocation then maps and faults in fresh pages, which would slow the calls). Rows:
 metric time (ms), memory (MB) and tflops (6·B²·D flop, the three GEMMs, per second), x_name "batch";
 an error row (e.g. out of memory) where a case fails. Writes <out>/<device>.csv: cpu.csv, or the GPU's name
 as bench/unpack.py spells it (h200.csv).
@@ -114,9 +116,10 @@ def unit_features(batch: int, dim: int, dtype: torch.dtype, device: str) -> list
     return [leaf.requires_grad_(True) for leaf in leaves]
 
 
-def measure(loss_fn: Callable, leaves: list[Tensor], device: str, samples: int):
-    """((median, 20th, 80th percentile) of fwd+bwd in ms, peak extra bytes) of loss_fn(*leaves); its first
-    call (setup) is not measured, and every call starts without .grad, as after optimizer.zero_grad()."""
+def measure(what: str, loss_fn: Callable, leaves: list[Tensor], device: str, samples: int):
+    """Of fwd+bwd of loss_fn(*leaves): for what='time' the (median, 20th, 80th percentile) in ms, for
+    'memory' the peak extra bytes. The first call (setup) is not measured; every call starts without
+    .grad, as after optimizer.zero_grad()."""
 
     def clear_grads():
         for leaf in leaves:
@@ -128,9 +131,9 @@ def measure(loss_fn: Callable, leaves: list[Tensor], device: str, samples: int):
     try:
         step()
         clear_grads()
-        peak = peak_extra_bytes(step, device)
-        clear_grads()
-        return sample_ms(step, device, clear_grads, min_samples=samples), peak
+        if what == "time":
+            return sample_ms(step, device, clear_grads, min_samples=samples)
+        return peak_extra_bytes(step, device)
     finally:
         clear_grads()
 
@@ -164,8 +167,6 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=10, help="timed calls per case at least")
     args = parser.parse_args()
-    if not cuda:
-        fix_malloc_thresholds()
 
     providers = {
         "softmargin-triton": st.sigmoid_contrastive_loss,
@@ -181,46 +182,55 @@ def main() -> None:
     )
     common = {**environment(), "cpu": cpu_model(), "ours_path": ours_path}
     rows = []
-    progress = tqdm(total=len(args.batches) * len(args.providers), desc="siglip", unit="case")
-    for batch in args.batches:
-        leaves = unit_features(batch, args.dim, dtype, device)
-        for provider in args.providers:
-            config = dict(dim=args.dim, dtype=args.dtype, memory_method=memory_method)
-            if provider == "torch-chunked":
-                config["blocks"] = args.blocks
-            if provider == "softmargin-triton":
-                config["scratch_mb"] = os.environ.get(st.SCRATCH_ENV_VAR, "default")
-            row = {
-                **common,
-                "kernel": "sigmoid_contrastive_loss",
-                "provider": provider,
-                "mode": "full",
-                "x_name": "batch",
-                "x_value": batch,
-                "extra_config": json.dumps(config),
-            }
-            try:
-                (t50, t20, t80), peak = measure(providers[provider], leaves, device, args.samples)
-                flop = 6 * batch * batch * args.dim
-                rows += [
-                    {**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80},
-                    {**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20},
-                    {
-                        **row,
-                        "metric": "tflops",
-                        "unit": "TFLOP/s",
-                        **{f"y_{q}": flop / ms / 1e9 for q, ms in ((50, t50), (20, t80), (80, t20))},
-                    },
-                ]
-                log(f"B={batch} {provider}: {t50:.1f} ms, {peak / 2**20:.1f} MB")
-            except Exception as error:  # e.g. the formula out of memory at the largest B: recorded, go on
-                if cuda:
-                    torch.cuda.empty_cache()
-                rows.append(
-                    {**row, "metric": "error", "unit": "", "error": f"{type(error).__name__}: {error}"[:300]}
-                )
-                log(f"B={batch} {provider}: {type(error).__name__}")
-            progress.update()
+    progress = tqdm(total=2 * len(args.batches) * len(args.providers), desc="siglip", unit="case")
+    # Every time first, under malloc's own settings; then every peak, with its mmap threshold fixed.
+    for what in ("time", "memory"):
+        if what == "memory" and not cuda:
+            fix_malloc_thresholds()
+        for batch in args.batches:
+            leaves = unit_features(batch, args.dim, dtype, device)
+            for provider in args.providers:
+                config = dict(dim=args.dim, dtype=args.dtype, memory_method=memory_method)
+                if provider == "torch-chunked":
+                    config["blocks"] = args.blocks
+                if provider == "softmargin-triton":
+                    config["scratch_mb"] = os.environ.get(st.SCRATCH_ENV_VAR, "default")
+                row = {
+                    **common,
+                    "kernel": "sigmoid_contrastive_loss",
+                    "provider": provider,
+                    "mode": "full",
+                    "x_name": "batch",
+                    "x_value": batch,
+                    "extra_config": json.dumps(config),
+                }
+                try:
+                    result = measure(what, providers[provider], leaves, device, args.samples)
+                except Exception as error:  # e.g. the formula out of memory at the largest B: recorded
+                    if cuda:
+                        torch.cuda.empty_cache()
+                    message = f"{what}: {type(error).__name__}: {error}"[:300]
+                    rows.append({**row, "metric": "error", "unit": "", "error": message})
+                    log(f"B={batch} {provider}: {message}")
+                    progress.update()
+                    continue
+                if what == "memory":
+                    rows.append({**row, "metric": "memory", "unit": "MB", "y_50": result / 2**20})
+                    log(f"B={batch} {provider}: {result / 2**20:.1f} MB")
+                else:
+                    t50, t20, t80 = result
+                    flop = 6 * batch * batch * args.dim
+                    rows += [
+                        {**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80},
+                        {
+                            **row,
+                            "metric": "tflops",
+                            "unit": "TFLOP/s",
+                            **{f"y_{q}": flop / ms / 1e9 for q, ms in ((50, t50), (20, t80), (80, t20))},
+                        },
+                    ]
+                    log(f"B={batch} {provider}: {t50:.1f} ms")
+                progress.update()
     progress.close()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{device_name(device)}.csv"
