@@ -12,9 +12,10 @@
 #                headline steps after it (so that a slow step cannot starve the headline); the wider
 #                sweeps (step e) only use what is left.
 # --steps ...    run only these steps (default: all, in order): install ceilings check gpu-tests dense
-#                sparse linear wide-dense wide-batch wide-linear wide-sparse xmc wide-dtypes. `install`
-#                always runs first. A second call, e.g. `--steps wide-dense wide-batch wide-linear
-#                wide-sparse xmc wide-dtypes --budget 540`, spends a second window on the wider sweeps.
+#                sparse linear variants wide-dense wide-batch wide-linear wide-sparse xmc wide-dtypes.
+#                `install` always runs first. A second call, e.g. `--steps variants wide-dense wide-batch
+#                wide-linear wide-sparse xmc wide-dtypes --budget 540`, spends a second window on the
+#                wider sweeps.
 # --dry-run      CPU only: the same steps at toy sizes, our kernels under Triton's interpreter, the pip
 #                install as `pip install --dry-run`; a CI test runs it (tests/test_gpu_session.py).
 #
@@ -39,6 +40,8 @@ sizes() {
         dense_args=(--batch 8 --labels 256)
         sparse_args=(--batch 8 --labels 300)
         linear_args=(--labels 300 --linear-batches 16 --dims 16)
+        # fwd+bwd only: forward and backward alone would triple the step's measurements
+        variants_args=(--batch 8 --labels 256 --breakdown-dtypes)
         # torch.compile on a CPU builds C++ for minutes: the dry run leaves the compiled providers out
         dense_providers=(softmargin-triton torch-mlsm torch-bce)
         linear_providers=(softmargin-triton torch-linear-mlsm torch-chunked)
@@ -54,6 +57,7 @@ sizes() {
         dense_args=(--batch 4096 --labels 131072)
         sparse_args=(--batch 4096 --labels 670091)
         linear_args=(--labels 670091 --linear-batches 8192 --dims 768)
+        variants_args=(--batch 4096 --labels 131072 --breakdown-dtypes bf16)
         dense_providers=(softmargin-triton torch-mlsm torch-bce torch-mlsm-compile torch-bce-compile)
         linear_providers=(softmargin-triton torch-linear-mlsm torch-linear-mlsm-compile torch-chunked)
         wide_dense_args=(--batch 4096 --labels 1024 4096 16384 65536 131072 262144 1048576)
@@ -136,6 +140,11 @@ step_linear() {
         --providers "${linear_providers[@]}" --profile
 }
 
+step_variants() {
+    # issue 18's losses and options against their eager formulas (compiled too on CUDA; not in the dry run)
+    sweep --out "$RES/wide" --append --sweeps variants "${variants_args[@]}" --dtypes bf16
+}
+
 step_wide_dense() {
     sweep --out "$RES/wide" --append --sweeps dense "${wide_dense_args[@]}" --dtypes bf16 \
         --targets uint8 bf16 fp32 --breakdown-dtypes
@@ -186,7 +195,7 @@ while (($#)); do
             shift
             while (($#)) && [[ "$1" != --* ]]; do only+=("$1"); shift; done
             ;;
-        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument '$1' (see: bash bench/gpu_session.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -197,11 +206,12 @@ budget="${budget:-$( ((DRY)) && echo 170 || echo 360)}"
 STEPS=(
     "install 15 5 120 1"
     "ceilings 15 3 60 1"
-    "check 60 15 150 1"
+    "check 75 15 150 1"
     "gpu-tests 90 8 150 1"
     "dense 45 10 150 1"
     "sparse 25 10 120 1"
     "linear 60 15 150 1"
+    "variants 90 10 180 0"
     "wide-dense 70 8 150 0"
     "wide-batch 45 6 120 0"
     "wide-linear 120 8 240 0"

@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE = ("dense", "sparse", "linear")
+VARIANTS = ("focal", "asl", "smoothing", "partial")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,7 @@ def test_dry_run_every_step_ok_and_logged(dry_run):
         "dense",
         "sparse",
         "linear",
+        "variants",
         "wide-dense",
         "wide-batch",
         "wide-linear",
@@ -95,9 +97,17 @@ def test_dry_run_archive_holds_the_headline(dry_run):
     config = linear["extra_config"].map(json.loads)
     assert all(c["gemm_source"].startswith("ceilings: 3 GEMMs at B=16 D=16") for c in config)
     checks = pd.read_csv(io.BytesIO(files["gpu-results/check_kernels.csv"]))
-    assert checks["passed"].all() and checks["variant"].nunique() >= 12
-    for wide in ("dense", "batch", "sparse", "linear"):
+    assert checks["passed"].all() and checks["variant"].nunique() >= 17
+    for wide in ("dense", "batch", "sparse", "linear", "variants"):
         assert f"gpu-results/wide/{wide}_sweep.csv" in files, wide
+    # issue 18's variants, ours and the eager formula each (no torch.compile in the dry run), fwd+bwd
+    variants = pd.read_csv(io.BytesIO(files["gpu-results/wide/variants_sweep.csv"]))
+    assert "error" not in set(variants["metric"]), variants.get("error")
+    assert set(variants["provider"]) == {
+        f"{kind}-{variant}" for kind in ("softmargin-triton", "torch") for variant in VARIANTS
+    }
+    variant_times = variants[variants["metric"] == "time"]
+    assert set(variant_times["mode"]) == {"full"} and (variant_times["y_50"] > 0).all()
     dtypes = pd.read_csv(io.BytesIO(files["gpu-results/wide/dense_sweep.csv"]))["extra_config"]
     assert {json.loads(c)["dtype"] for c in dtypes} == {"bf16", "fp16", "fp32"}  # appended, not replaced
     assert "gpu-results/xmc/xmc_compare.csv" in files
@@ -119,8 +129,18 @@ def test_unpack_into_reports(dry_run, tmp_path):
         timeout=120,
     )
     target = tmp_path / "cpu-no-cuda-device"  # from env.txt's 'gpu: cpu (no CUDA device)'
-    for name in ("REPORT.md", "summary.md", "session.log", "dense_sweep_time_bf16.png", "wide/REPORT.md"):
+    for name in (
+        "REPORT.md",
+        "summary.md",
+        "session.log",
+        "dense_sweep_time_bf16.png",
+        "wide/REPORT.md",
+        "wide/variants_sweep_time_bf16.png",
+    ):
         assert (target / name).exists(), name
+    assert (
+        "### Loss variants — fwd+bwd, B=8, L=256, bf16 logits" in (target / "wide" / "REPORT.md").read_text()
+    )
     report = (target / "REPORT.md").read_text()
     assert "bash bench/gpu_session.sh --dry-run" in report  # the command that reproduces it
     assert "## Correctness of the compiled kernels" in report and "### Measured vs the static model" in report
