@@ -22,9 +22,10 @@ measurement follows an untimed call (first-call setup).
 
 Peak memory is the most the call holds beyond what existed when it started: on CUDA
 torch.cuda.max_memory_allocated; on a CPU the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs before the call) above its resident set at the start, with malloc's mmap threshold
-fixed at 64 KiB so that freed tensors leave the resident set instead of being reused unseen (only after
-the timings: every allocation then maps and faults in fresh pages, which would slow the calls). Rows:
+/proc/self/clear_refs before the call, after malloc_trim has handed back the free pages earlier calls left)
+above its resident set at the start, with malloc's mmap threshold fixed at 64 KiB so that tensors freed
+within the call leave the resident set instead of being reused unseen (only after the timings: every
+allocation then maps and faults in fresh pages, which would slow the calls). Rows:
 metric time (ms), memory (MB) and tflops (6·B²·D flop, the three GEMMs, per second), x_name "batch";
 an error row (e.g. out of memory) where a case fails. Writes <out>/<device>.csv: cpu.csv, or the GPU's name
 as bench/unpack.py spells it (h200.csv).
@@ -101,6 +102,7 @@ def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free pages left resident by earlier calls go back first
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current resident set
     base = _status_bytes("VmRSS:")
     fn()
