@@ -628,12 +628,7 @@ def distributed_sigmoid_contrastive_loss(
     rank, world = comm.rank, comm.world_size
     try:
         features, texts, bias, out_dtype = siglip_operands(
-            image_features,
-            text_features,
-            logit_scale,
-            logit_bias,
-            positives,
-            world * text_features.shape[0],
+            image_features, text_features, logit_scale, logit_bias, positives, world
         )
         input_grad = torch.is_grad_enabled() and features.requires_grad
         fields = dict(

@@ -39,12 +39,12 @@ def siglip_operands(
     logit_scale: Tensor,
     logit_bias: Tensor,
     positives: SparseTargets | None,
-    num_texts: int,
+    world_size: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, torch.dtype]:
     """Checks the arguments of a SigLIP loss and returns the fused linear loss's operands: the features
     logit_scale · image_features (B, D), the texts (T, D) and the bias expanded to (T,) (under autocast in
-    its dtype, as the GEMM's operands), and the loss's dtype. `num_texts` is the label count the positives
-    span (T, or all ranks' texts in the distributed loss). Raises on a bad argument."""
+    its dtype, as the GEMM's operands), and the loss's dtype. The positives span world_size · T texts (all
+    ranks' in the distributed loss). Raises on a bad argument."""
     for name, features in (("image_features", image_features), ("text_features", text_features)):
         if not isinstance(features, Tensor) or features.dim() != 2 or 0 in features.shape:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -83,9 +83,10 @@ def siglip_operands(
                 f"{images} images and {text_features.shape[0]} texts: without `positives` image i matches "
                 "text i, so the counts must be equal"
             )
-    elif tuple(positives.shape) != (images, num_texts):
+    elif tuple(positives.shape) != (images, world_size * text_features.shape[0]):
         raise ValueError(
-            f"positives of shape {tuple(positives.shape)} must be (images, texts) = ({images}, {num_texts})"
+            f"positives of shape {tuple(positives.shape)} must be (images, texts) = "
+            f"({images}, {world_size * text_features.shape[0]})"
         )
     # open_clip's order: the scale multiplies the image features, the bias is added to the logits.
     features, texts, bias = autocast_operands(logit_scale * image_features, text_features, logit_bias)
@@ -124,7 +125,7 @@ def sigmoid_contrastive_loss(
         (`SOFTMARGIN_TRITON_SCRATCH_MB`, default 64); no host sync.
     """
     features, texts, bias, out_dtype = siglip_operands(
-        image_features, text_features, logit_scale, logit_bias, positives, text_features.shape[0]
+        image_features, text_features, logit_scale, logit_bias, positives
     )
     images = features.shape[0]
     if positives is None:
