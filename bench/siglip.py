@@ -16,16 +16,17 @@ Defaults: on a GPU B ∈ {4096, 16384, 32768}, D = 768, bf16; on a CPU B ∈ {51
 fp32. Our scratch is SOFTMARGIN_TRITON_SCRATCH_MB's (default 64 MiB; the extra_config column records it),
 so ours holds up to that budget plus O(B·D) whatever B, and at small B can hold more than the formula.
 Features are unit vectors (as SigLIP normalizes them), scale 10 and bias -10 (its initialization), all
-leaves requiring gradients. Every case is timed first, by bench/timing.py's sample_ms (median, 20th and
-80th percentile of ≥ --samples calls), then every case's peak memory is measured in a call of its own; each
-measurement follows an untimed call (first-call setup).
+leaves requiring gradients. Every case is timed by bench/timing.py's sample_ms (median, 20th and 80th
+percentile of ≥ --samples calls); then a fresh process measures every case's peak memory in a call of its
+own, so that nothing the timings left allocated, cached or resident counts. Each measurement follows an
+untimed call (first-call setup).
 
 Peak memory is the most the call holds beyond what existed when it started: on CUDA
 torch.cuda.max_memory_allocated; on a CPU the process's peak resident set (VmHWM, reset through
 /proc/self/clear_refs before the call, after malloc_trim has handed back the free pages earlier calls left)
 above its resident set at the start, with malloc's mmap threshold fixed at 64 KiB so that tensors freed
-within the call leave the resident set instead of being reused unseen (only after the timings: every
-allocation then maps and faults in fresh pages, which would slow the calls). Rows:
+within the call leave the resident set instead of being reused unseen (in that process only: there every
+allocation maps and faults in fresh pages, which would slow the timed calls). Rows:
 metric time (ms), memory (MB) and tflops (6·B²·D flop, the three GEMMs, per second), x_name "batch";
 an error row (e.g. out of memory) where a case fails. Writes <out>/<device>.csv: cpu.csv, or the GPU's name
 as bench/unpack.py spells it (h200.csv).
@@ -34,6 +35,7 @@ as bench/unpack.py spells it (h200.csv).
 import argparse
 import ctypes
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -49,7 +51,7 @@ except ImportError as error:
     ) from error
 import torch
 import torch.nn.functional as F
-from timing import cpu_model, environment, log, sample_ms, tqdm  # bench/timing.py, beside this script
+from timing import cpu_model, environment, log, sample_ms  # bench/timing.py, beside this script
 from torch import Tensor
 
 import softmargin_triton as st
@@ -148,6 +150,35 @@ def device_name(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def run_pass(what: str, args: argparse.Namespace, device: str) -> dict[tuple[int, str], object]:
+    """Every case's measurement (see `measure`), by (B, provider); a failed case (e.g. the formula out of
+    memory) gives its error message instead. The 'memory' pass on a CPU first fixes malloc's thresholds."""
+    if what == "memory" and device == "cpu":
+        fix_malloc_thresholds()
+    providers = {
+        "softmargin-triton": st.sigmoid_contrastive_loss,
+        "torch-formula": formula,
+        "torch-chunked": lambda *operands: chunked_formula(*operands, args.blocks),
+    }
+    results = {}
+    for batch in args.batches:
+        leaves = unit_features(batch, args.dim, DTYPES[args.dtype], device)
+        for provider in args.providers:
+            try:
+                result = measure(what, providers[provider], leaves, device, args.samples)
+                log(
+                    f"B={batch} {provider}: "
+                    + (f"{result[0]:.1f} ms" if what == "time" else f"{result / 2**20:.1f} MB")
+                )
+            except Exception as error:
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                result = f"{what}: {type(error).__name__}: {error}"[:300]
+                log(f"B={batch} {provider}: {result}")
+            results[batch, provider] = result
+    return results
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -170,70 +201,54 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10, help="timed calls per case at least")
     args = parser.parse_args()
 
-    providers = {
-        "softmargin-triton": st.sigmoid_contrastive_loss,
-        "torch-formula": formula,
-        "torch-chunked": lambda *operands: chunked_formula(*operands, args.blocks),
-    }
-    dtype = DTYPES[args.dtype]
+    times = run_pass("time", args, device)
+    # The peaks in a fresh process: nothing the timings left allocated, cached or resident is counted.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        peaks = pool.apply(run_pass, ("memory", args, device))
+
     ours_path = "Triton kernels" if use_triton_for(torch.empty(0, device=device)) else "plain-torch fallback"
     memory_method = (
-        "torch.cuda.max_memory_allocated above the call's start"
+        "torch.cuda.max_memory_allocated above the call's start, in a fresh process"
         if cuda
-        else "peak RSS above the call's start (VmHWM reset via /proc/self/clear_refs, mmap threshold 64 KiB)"
+        else "peak RSS above the call's start, in a fresh process (VmHWM reset via /proc/self/clear_refs, "
+        "malloc_trim before, mmap threshold 64 KiB)"
     )
     common = {**environment(), "cpu": cpu_model(), "ours_path": ours_path}
     rows = []
-    progress = tqdm(total=2 * len(args.batches) * len(args.providers), desc="siglip", unit="case")
-    # Every time first, under malloc's own settings; then every peak, with its mmap threshold fixed.
-    for what in ("time", "memory"):
-        if what == "memory" and not cuda:
-            fix_malloc_thresholds()
-        for batch in args.batches:
-            leaves = unit_features(batch, args.dim, dtype, device)
-            for provider in args.providers:
-                config = dict(dim=args.dim, dtype=args.dtype, memory_method=memory_method)
-                if provider == "torch-chunked":
-                    config["blocks"] = args.blocks
-                if provider == "softmargin-triton":
-                    config["scratch_mb"] = os.environ.get(st.SCRATCH_ENV_VAR, "default")
-                row = {
-                    **common,
-                    "kernel": "sigmoid_contrastive_loss",
-                    "provider": provider,
-                    "mode": "full",
-                    "x_name": "batch",
-                    "x_value": batch,
-                    "extra_config": json.dumps(config),
-                }
-                try:
-                    result = measure(what, providers[provider], leaves, device, args.samples)
-                except Exception as error:  # e.g. the formula out of memory at the largest B: recorded
-                    if cuda:
-                        torch.cuda.empty_cache()
-                    message = f"{what}: {type(error).__name__}: {error}"[:300]
-                    rows.append({**row, "metric": "error", "unit": "", "error": message})
-                    log(f"B={batch} {provider}: {message}")
-                    progress.update()
-                    continue
-                if what == "memory":
-                    rows.append({**row, "metric": "memory", "unit": "MB", "y_50": result / 2**20})
-                    log(f"B={batch} {provider}: {result / 2**20:.1f} MB")
-                else:
-                    t50, t20, t80 = result
-                    flop = 6 * batch * batch * args.dim
-                    rows += [
-                        {**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80},
-                        {
-                            **row,
-                            "metric": "tflops",
-                            "unit": "TFLOP/s",
-                            **{f"y_{q}": flop / ms / 1e9 for q, ms in ((50, t50), (20, t80), (80, t20))},
-                        },
-                    ]
-                    log(f"B={batch} {provider}: {t50:.1f} ms")
-                progress.update()
-    progress.close()
+    for batch in args.batches:
+        for provider in args.providers:
+            config = dict(dim=args.dim, dtype=args.dtype, memory_method=memory_method)
+            if provider == "torch-chunked":
+                config["blocks"] = args.blocks
+            if provider == "softmargin-triton":
+                config["scratch_mb"] = os.environ.get(st.SCRATCH_ENV_VAR, "default")
+            row = {
+                **common,
+                "kernel": "sigmoid_contrastive_loss",
+                "provider": provider,
+                "mode": "full",
+                "x_name": "batch",
+                "x_value": batch,
+                "extra_config": json.dumps(config),
+            }
+            timed, peak = times[batch, provider], peaks[batch, provider]
+            for result in (timed, peak):
+                if isinstance(result, str):
+                    rows.append({**row, "metric": "error", "unit": "", "error": result})
+            if not isinstance(timed, str):
+                t50, t20, t80 = timed
+                flop = 6 * batch * batch * args.dim
+                rows += [
+                    {**row, "metric": "time", "unit": "ms", "y_50": t50, "y_20": t20, "y_80": t80},
+                    {
+                        **row,
+                        "metric": "tflops",
+                        "unit": "TFLOP/s",
+                        **{f"y_{q}": flop / ms / 1e9 for q, ms in ((50, t50), (20, t80), (80, t20))},
+                    },
+                ]
+            if not isinstance(peak, str):
+                rows.append({**row, "metric": "memory", "unit": "MB", "y_50": peak / 2**20})
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{device_name(device)}.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
