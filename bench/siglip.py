@@ -1,7 +1,7 @@
 """SigLIP's loss three ways, fwd+bwd over the batch size: time and peak memory → one long-format CSV.
 
     python bench/siglip.py [--out reports/siglip] [--batches ...] [--dim D] [--dtype bf16|fp16|fp32]
-        [--blocks N] [--providers ...] [--samples N]
+        [--blocks N] [--providers ...] [--samples N] [--threads N]
 
 Providers, all computing -logsigmoid(z · (scale · img @ txtᵀ + bias)).sum() / B (open_clip's SigLipLoss,
 z = +1 on the diagonal, -1 elsewhere) with gradients for the features, the scale and the bias:
@@ -153,6 +153,8 @@ def device_name(device: str) -> str:
 def run_pass(what: str, args: argparse.Namespace, device: str) -> dict[tuple[int, str], object]:
     """Every case's measurement (see `measure`), by (B, provider); a failed case (e.g. the formula out of
     memory) gives its error message instead. The 'memory' pass on a CPU first fixes malloc's thresholds."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if what == "memory" and device == "cpu":
         fix_malloc_thresholds()
     providers = {
@@ -199,6 +201,9 @@ def main() -> None:
         default=["softmargin-triton", "torch-formula", "torch-chunked"],
     )
     parser.add_argument("--samples", type=int, default=10, help="timed calls per case at least")
+    parser.add_argument(
+        "--threads", type=int, help="torch's CPU threads (default: torch's own choice); the CSV records them"
+    )
     args = parser.parse_args()
 
     times = run_pass("time", args, device)
@@ -213,7 +218,7 @@ def main() -> None:
         else "peak RSS above the call's start, in a fresh process (VmHWM reset via /proc/self/clear_refs, "
         "malloc_trim before, mmap threshold 64 KiB)"
     )
-    common = {**environment(), "cpu": cpu_model(), "ours_path": ours_path}
+    common = {**environment(), "cpu": cpu_model(), "threads": torch.get_num_threads(), "ours_path": ours_path}
     rows = []
     for batch in args.batches:
         for provider in args.providers:
