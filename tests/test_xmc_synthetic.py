@@ -85,7 +85,9 @@ def test_label_frequencies_follow_zipf(exponent):
     shape = XMCShape(
         "zipf", num_features=100, num_labels=20_000, num_train=20_000, num_test=1, positives_per_point=5
     )
-    train, _ = synthetic(shape, zipf_exponent=exponent, signature_size=0, noise_per_point=0.0, seed=2)
+    train, _ = synthetic(
+        shape, zipf_exponent=exponent, signature_size=0, noise_per_point=0.0, topic_focus=0.0, seed=2
+    )
     counts = train.label_counts().sort(descending=True).values.double()
     # Least squares of log count on log rank over ranks 10..200: past the very top, where a label cannot
     # occur twice in a point, and where every count is still in the tens or more.
@@ -110,8 +112,10 @@ def test_planted_signal_is_learnable():
     shape = dataclasses.replace(SMALL, num_features=2_000, num_labels=500, num_train=3_000, num_test=1_000)
     centroid, popular = centroid_vs_popularity_p_at_1(*synthetic(shape, seed=1))
     assert centroid > popular + 0.4, (centroid, popular)
-    # Without signatures the features are noise, and the same classifier does no better than popularity.
-    centroid, popular = centroid_vs_popularity_p_at_1(*synthetic(shape, seed=1, signature_size=0))
+    # Without signatures and topic words the features are noise: no better than popularity.
+    centroid, popular = centroid_vs_popularity_p_at_1(
+        *synthetic(shape, seed=1, signature_size=0, topic_words=0)
+    )
     assert centroid < popular + 0.05, (centroid, popular)
 
 
@@ -122,6 +126,39 @@ def test_synthetic_rejects_bad_arguments():
         synthetic(SMALL, positives_per_point=0.5)
     with pytest.raises(ValueError, match=r"signature_rate in \[0, 1\]"):
         synthetic(SMALL, signature_rate=1.5)
+    with pytest.raises(ValueError, match=r"topic_share and topic_focus in \[0, 1\]"):
+        synthetic(SMALL, topic_focus=-0.1)
+    with pytest.raises(ValueError, match="topic_size ≥ 1"):
+        synthetic(SMALL, topic_size=0)
+
+
+def topic_components(labels: torch.Tensor) -> torch.Tensor:
+    """(L,) int64: the smallest label id of each label's component in the co-occurrence graph of the
+    dense (N, L) labels (labels that share a point are linked)."""
+    reach = (labels.T @ labels > 0) | torch.eye(labels.shape[1], dtype=torch.bool)
+    for _ in range(labels.shape[1].bit_length()):  # paths of up to 2^rounds ≥ L links
+        reach = reach.float() @ reach.float() > 0
+    return reach.float().argmax(dim=1)
+
+
+def test_topics_confine_labels_and_words():
+    """topic_focus = topic_share = 1: a point's labels all come from its topic and its signature and topic
+    words from that topic's vocabulary; so label co-occurrence falls apart into topics of topic_size
+    labels, and the points of one topic use at most topic_vocabulary distinct words. topic_focus = 0: one
+    component."""
+    shape = dataclasses.replace(SMALL, num_features=5_000, num_labels=400, num_train=2_000)
+    topics = dict(topic_size=10, topic_vocabulary=30, noise_per_point=0.0, num_test_points=0)
+    train, _ = synthetic(shape, topic_focus=1.0, topic_share=1.0, **topics)
+    labels = train.labels.to_dense()
+    component = topic_components(labels)
+    sizes = torch.bincount(component, minlength=400)
+    assert int(sizes.max()) == 10 and int((sizes == 10).sum()) >= 36, sizes[sizes > 0]
+    words = train.features.to_dense() > 0
+    point_topic = component[train.labels.indices[train.labels.indptr[:-1]].long()]
+    for topic in point_topic.unique():
+        assert int(words[point_topic == topic].any(dim=0).sum()) <= 30
+    mixed, _ = synthetic(shape, topic_focus=0.0, **topics)
+    assert int(torch.bincount(topic_components(mixed.labels.to_dense())).max()) > 200
 
 
 def test_zipf_label_sets_are_sorted_distinct_and_capped():

@@ -3,6 +3,7 @@ popularity, the shape's positives per point, a planted tf-idf signal a model can
 from the Extreme Classification Repository) and `zipf_label_sets`, the Zipf label sampler.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,19 +52,30 @@ PRESETS: dict[str, XMCShape] = {
 
 _CHUNK_POINTS = 1 << 16  # points generated at a time: bounds the intermediate arrays
 _MAX_ROUNDS = 64  # redraw rounds for labels drawn twice in a row; real shapes need a handful
+# Redraw rounds within a point's topic: by popularity, then uniformly (a point that asks for most of its
+# topic's labels would otherwise wait long for the rarest), then from all labels (it asks for more).
+_POPULAR_ROUNDS, _TOPIC_ROUNDS = 4, 32
 
 
 @dataclass(frozen=True)
 class _Planted:
-    """What train and test share: label popularity, the features' frequencies and weights, and each
-    label's signature features."""
+    """What train and test share: label popularity and topics, the features' frequencies and weights, and
+    each label's signature features.
 
-    label_cdf: Tensor  # (L,) float64, cumulative Zipf probabilities over label ranks
-    label_of_rank: Tensor  # (L,) int64
+    Labels are laid out by topic ("positions"): a topic's labels are one contiguous range of positions, so
+    drawing a label of topic t is drawing a uniform number within t's stretch of the positions' CDF.
+    """
+
+    label_cdf: Tensor  # (L,) float64, cumulative Zipf probabilities over positions
+    label_of_position: Tensor  # (L,) int64
+    topic_of_position: Tensor  # (L,) int64
+    topic_bounds: Tensor  # (T+1,) float64: topic t's labels span the CDF's [bounds[t], bounds[t+1])
+    topic_starts: Tensor  # (T+1,) int64: topic t's labels are positions [starts[t], starts[t+1])
+    topic_vocabulary: Tensor  # (T, V) int64 feature ids: the words a topic's documents and labels share
     feature_cdf: Tensor  # (F,) float64, cumulative Zipf(1) probabilities over feature ranks
     feature_of_rank: Tensor  # (F,) int64
     idf: Tensor  # (F,) float64 by feature id: 1 + ln(rank + 1), rarer features weigh more, as in tf-idf
-    signatures: Tensor  # (L, signature_size) int64 feature ids
+    signatures: Tensor  # (L, signature_size) int64 feature ids, by label id
 
 
 def _zipf_cdf(count: int, exponent: float) -> Tensor:
@@ -71,34 +83,40 @@ def _zipf_cdf(count: int, exponent: float) -> Tensor:
     return cdf / cdf[-1]
 
 
-def _draw(cdf: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
-    """`count` ranks (int64) drawn with replacement from the distribution whose CDF is `cdf`."""
+def _draw(
+    cdf: Tensor,
+    count: int,
+    generator: torch.Generator | None,
+    low: Tensor | float = 0.0,
+    high: Tensor | float = 1.0,
+) -> Tensor:
+    """`count` indices (int64) drawn with replacement from the distribution whose CDF is `cdf`, restricted
+    to the CDF's stretch [low, high) (per draw when tensors of `count` entries)."""
     uniform = torch.rand(count, dtype=torch.float64, generator=generator)
+    uniform = low + (high - low) * uniform  # exactly `uniform` for [0, 1)
     return torch.searchsorted(cdf, uniform, right=True).clamp_(max=cdf.numel() - 1)
 
 
-def _label_sets(
-    wanted: Tensor, cdf: Tensor, label_of_rank: Tensor | None, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
-    """Row i gets wanted[i] ≤ L distinct labels drawn from the ranks' CDF `cdf` (L,) without replacement.
+def _label_sets(wanted: Tensor, num_labels: int, draw: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """Row i gets wanted[i] ≤ L distinct labels; `draw(rows)` returns one label id (int64) per entry of
+    `rows` (int64 row numbers), drawn with replacement from that row's distribution.
 
-    Draws with replacement, drops a label drawn twice in a row and redraws the shortfall: that is
-    sequential sampling without replacement, one vectorized round per redraw. After _MAX_ROUNDS a row
-    keeps what it has: only a row that asks for nearly all of a tiny label space under a steep Zipf law
-    gets that far. Returns (rows, labels), (nnz,) int64 each, sorted by row then label.
+    Drops a label drawn twice in a row and redraws the shortfall: that is sequential sampling without
+    replacement, one vectorized round per redraw. After _MAX_ROUNDS a row keeps what it has: only a row
+    that asks for nearly all of a tiny label space under a steep Zipf law gets that far. Returns
+    (rows, labels), (nnz,) int64 each, sorted by row then label.
     """
-    num_rows, num_labels = wanted.numel(), cdf.numel()
+    num_rows = wanted.numel()
     keys = torch.empty(0, dtype=torch.int64)
     missing = wanted
-    for _ in range(_MAX_ROUNDS):
+    for attempt in range(_MAX_ROUNDS):
         total = int(missing.sum())
         if total == 0:
             break
         rows = torch.repeat_interleave(torch.arange(num_rows), missing, output_size=total)
-        labels = _draw(cdf, total, generator)
-        if label_of_rank is not None:
-            labels = label_of_rank[labels]
-        keys = torch.unique(torch.cat([keys, rows * num_labels + labels]))  # sorted, repeats collapse
+        keys = torch.unique(
+            torch.cat([keys, rows * num_labels + draw(rows, attempt)])
+        )  # sorted, repeats collapse
         missing = wanted - torch.bincount(keys // num_labels, minlength=num_rows)
     rows = keys // num_labels
     return rows, keys - rows * num_labels
@@ -118,11 +136,17 @@ def zipf_label_sets(
 
     counts: (N,) int64 on the CPU; generator: a CPU torch.Generator (None: the global one). Returns
     (rows, labels), (nnz,) int64 each on the CPU, sorted by row then label: the canonical CSR entries of
-    a SparseTargets (N, L). The one Zipf sampler of the package and its benchmarks: `synthetic` draws its
-    points' labels with it, bench/ its sparse targets.
+    a SparseTargets (N, L). The benchmarks' Zipf sampler of sparse targets (`synthetic` draws its points'
+    labels the same way, within topics).
     """
     wanted = counts.to(torch.int64).clamp(max=num_labels)
-    return _label_sets(wanted, _zipf_cdf(num_labels, exponent), label_of_rank, generator)
+    cdf = _zipf_cdf(num_labels, exponent)
+
+    def draw(rows: Tensor, attempt: int) -> Tensor:
+        ranks = _draw(cdf, rows.numel(), generator)
+        return ranks if label_of_rank is None else label_of_rank[ranks]
+
+    return _label_sets(wanted, num_labels, draw)
 
 
 def _add_points(
@@ -132,24 +156,51 @@ def _add_points(
     positives_per_point: float,
     signature_rate: float,
     noise_per_point: float,
+    topic_focus: float,
+    topic_words: float,
     generator: torch.Generator,
 ) -> None:
     """Generate `num_points` points into (feature parts, label parts)."""
     num_labels, num_features = planted.label_cdf.numel(), planted.feature_cdf.numel()
     for start in range(0, num_points, _CHUNK_POINTS):
         n = min(_CHUNK_POINTS, num_points - start)
+        # A point's topic: that of a label drawn by popularity, so topics are as popular as their labels.
+        topic = planted.topic_of_position[_draw(planted.label_cdf, n, generator)]
+
+        def draw(rows: Tensor, attempt: int, topic: Tensor = topic) -> Tensor:
+            # Within the point's topic with probability topic_focus, else from all labels.
+            focus = topic_focus if attempt < _TOPIC_ROUNDS else 0.0
+            focused = torch.rand(rows.numel(), dtype=torch.float64, generator=generator) < focus
+            if attempt < _POPULAR_ROUNDS:
+                bounds = planted.topic_bounds
+                low = torch.where(focused, bounds[topic[rows]], 0.0)
+                high = torch.where(focused, bounds[topic[rows] + 1], 1.0)
+                positions = _draw(planted.label_cdf, rows.numel(), generator, low, high)
+            else:
+                start, stop = planted.topic_starts[topic[rows]], planted.topic_starts[topic[rows] + 1]
+                uniform = torch.rand(rows.numel(), dtype=torch.float64, generator=generator)
+                within = start + (uniform * (stop - start)).long()
+                positions = torch.where(focused, within, _draw(planted.label_cdf, rows.numel(), generator))
+            return planted.label_of_position[positions]
+
         rates = torch.full((n,), positives_per_point - 1.0, dtype=torch.float64)
         wanted = (1 + torch.poisson(rates, generator=generator)).clamp_(max=num_labels).long()
-        rows, labels = _label_sets(wanted, planted.label_cdf, planted.label_of_rank, generator)
+        rows, labels = _label_sets(wanted, num_labels, draw)
         parts[1].add(torch.bincount(rows, minlength=n), labels)
 
         # Each positive label contributes each of its signature features with probability signature_rate,
-        # with a term frequency of 1 + Poisson(1); noise words come from a Zipf vocabulary, tf 1 per draw.
+        # with a term frequency of 1 + Poisson(1); the topic adds Poisson(topic_words) words of its
+        # vocabulary and noise words come from a Zipf vocabulary, tf 1 per draw.
         signature = planted.signatures[labels]
         kept = torch.rand(signature.shape, generator=generator) < signature_rate
         signal_rows = rows.unsqueeze(1).expand_as(signature)[kept]
         signal_ids = signature[kept]
         signal_tf = 1 + torch.poisson(torch.ones_like(signal_ids, dtype=torch.float64), generator=generator)
+        topic_counts = torch.poisson(torch.full((n,), topic_words, dtype=torch.float64), generator=generator)
+        topic_rows = torch.repeat_interleave(torch.arange(n), topic_counts.long())
+        vocabulary = planted.topic_vocabulary
+        slots = torch.randint(vocabulary.shape[1], (topic_rows.numel(),), generator=generator)
+        topic_ids = vocabulary[topic[topic_rows], slots]
         noise_counts = torch.poisson(
             torch.full((n,), noise_per_point, dtype=torch.float64), generator=generator
         )
@@ -157,9 +208,10 @@ def _add_points(
         noise_ids = planted.feature_of_rank[_draw(planted.feature_cdf, noise_rows.numel(), generator)]
 
         # A word drawn twice in a point adds up its term frequency; then tf·idf, each row L2-normalised.
-        keys = torch.cat([signal_rows, noise_rows]) * num_features + torch.cat([signal_ids, noise_ids])
+        word_rows = torch.cat([signal_rows, topic_rows, noise_rows])
+        keys = word_rows * num_features + torch.cat([signal_ids, topic_ids, noise_ids])
         keys, where = torch.unique(keys, return_inverse=True)
-        tf = torch.cat([signal_tf, torch.ones(noise_rows.numel(), dtype=torch.float64)])
+        tf = torch.cat([signal_tf, torch.ones(topic_rows.numel() + noise_rows.numel(), dtype=torch.float64)])
         tf = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, where, tf)
         feature_rows = keys // num_features
         ids = keys - feature_rows * num_features
@@ -180,6 +232,11 @@ def synthetic(
     signature_size: int = 5,
     signature_rate: float = 0.6,
     noise_per_point: float = 20.0,
+    topic_size: int = 20,
+    topic_vocabulary: int = 40,
+    topic_share: float = 0.6,
+    topic_focus: float = 0.8,
+    topic_words: float = 5.0,
     seed: int = 0,
 ) -> tuple[XMCDataset, XMCDataset]:
     """A (train, test) pair of CPU datasets shaped like `shape` (a PRESETS name or an XMCShape), with a
@@ -192,21 +249,32 @@ def synthetic(
 
     Labels: label popularity follows Zipf's law, p(rank r) ∝ (r + 1)^-zipf_exponent for r = 0..L-1, with
     ranks assigned to label ids by a random permutation (ids carry no frequency information, as in the
-    real files). A point has 1 + Poisson(positives_per_point - 1) labels (default: the shape's average;
-    never an empty row; capped at L, so a mean close to L comes out lower), drawn from that popularity
-    without replacement; so a label's share of all positives follows the Zipf law except at the very top
-    of the head, where a label cannot occur twice in one point.
+    real files). Labels fall into ceil(L / topic_size) topics of equal size (random members, so each
+    topic has head and tail labels). A point has one topic, that of a label drawn by popularity, and
+    1 + Poisson(positives_per_point - 1) labels (default: the shape's average; never an empty row; capped
+    at L, so a mean close to L comes out lower), drawn without replacement by popularity, each within the
+    point's topic with probability `topic_focus` and from all labels otherwise (a label drawn twice is
+    redrawn: by popularity, then after 4 rounds uniformly within the topic, so that a point never waits
+    long for the rarest labels of its topic, and after 32 from all labels).
+    So labels co-occur within topics, as real XMC labels do (categories of one product, descriptors of
+    one law). Label shares follow the Zipf law when topic_focus = 0, except at the very top of the head,
+    where a label cannot occur twice in one point; topics flatten it somewhat, since a point's second
+    label of a topic cannot be the first (a log-log slope of about -0.8 over ranks 10..200 for exponent
+    1 and the defaults).
 
-    Features (the planted signal): each label owns `signature_size` feature ids drawn uniformly; a point
-    holds each signature feature of each of its labels with probability `signature_rate` (term frequency
-    1 + Poisson(1)) plus Poisson(noise_per_point) noise words drawn from a Zipf(1) vocabulary (term
-    frequency 1 per draw, repeats add up). Values are tf·idf with idf = 1 + ln(frequency rank + 1), so
-    common noise words weigh little, and each row is L2-normalised (a row may come out empty).
+    Features (the planted signal): each topic owns `topic_vocabulary` feature ids drawn uniformly; each
+    label `signature_size` signature features, each drawn from its topic's vocabulary with probability
+    `topic_share` (words its sibling labels share) and uniformly from all features otherwise (its own
+    words). A point holds each signature feature of each of its labels with probability `signature_rate`
+    (term frequency 1 + Poisson(1)), Poisson(topic_words) words of its topic's vocabulary and
+    Poisson(noise_per_point) noise words drawn from a Zipf(1) vocabulary (term frequency 1 per draw,
+    repeats add up). Values are tf·idf with idf = 1 + ln(frequency rank + 1), so common noise words weigh
+    little, and each row is L2-normalised (a row may come out empty). topic_focus = topic_share =
+    topic_words = 0 gives independent labels with unrelated signatures.
 
-    Train and test points come from the same planted labels, signatures and frequencies. Everything is
-    drawn from one torch.Generator seeded with `seed`, in vectorized chunks of points, so memory stays
-    proportional to the output (Amazon-670K at scale 1: 2.7M positives and 17M feature entries in train,
-    about 2 s and 1.2 GB at peak on a CPU).
+    Train and test points come from the same planted labels, topics, signatures and frequencies.
+    Everything is drawn from one torch.Generator seeded with `seed`, in vectorized chunks of points, so
+    memory stays proportional to the output.
     """
     if isinstance(shape, str):
         if shape not in PRESETS:
@@ -225,6 +293,15 @@ def synthetic(
             f"expected signature_size ≥ 0 and signature_rate in [0, 1], got {signature_size} and "
             f"{signature_rate}"
         )
+    if topic_size < 1 or topic_vocabulary < 1 or topic_words < 0:
+        raise ValueError(
+            f"expected topic_size ≥ 1, topic_vocabulary ≥ 1 and topic_words ≥ 0, got {topic_size}, "
+            f"{topic_vocabulary} and {topic_words}"
+        )
+    if not (0 <= topic_share <= 1 and 0 <= topic_focus <= 1):
+        raise ValueError(
+            f"expected topic_share and topic_focus in [0, 1], got {topic_share} and {topic_focus}"
+        )
     if num_points is None:
         num_points = max(1, round(scale * shape.num_train))
         test_default = max(1, round(scale * shape.num_test))
@@ -235,21 +312,45 @@ def synthetic(
         raise ValueError(f"expected point counts ≥ 0, got {num_points} and {num_test_points}")
 
     generator = torch.Generator().manual_seed(seed)
-    num_features = shape.num_features
+    num_features, num_labels = shape.num_features, shape.num_labels
     feature_of_rank = torch.randperm(num_features, generator=generator)
     idf = torch.empty(num_features, dtype=torch.float64)
     idf[feature_of_rank] = 1 + torch.arange(1, num_features + 1, dtype=torch.float64).log()
+    label_of_rank = torch.randperm(num_labels, generator=generator)
+    num_topics = -(-num_labels // topic_size)
+    topic_of_rank = torch.randperm(num_labels, generator=generator) % num_topics  # equal sizes
+    rank_of_position = torch.argsort(topic_of_rank * num_labels + torch.arange(num_labels))
+    topic_of_position = topic_of_rank[rank_of_position]
+    probabilities = torch.diff(
+        _zipf_cdf(num_labels, zipf_exponent), prepend=torch.zeros(1, dtype=torch.float64)
+    )
+    label_cdf = probabilities[rank_of_position].cumsum(0)
+    label_cdf /= label_cdf[-1].clone()
+    starts = torch.searchsorted(topic_of_position, torch.arange(num_topics))  # each topic's first position
+    topic_bounds = torch.cat([label_cdf.new_zeros(1), label_cdf[starts[1:] - 1], label_cdf.new_ones(1)])
+    vocabulary = torch.randint(num_features, (num_topics, topic_vocabulary), generator=generator)
+    topic_of_label = torch.empty_like(topic_of_rank)
+    topic_of_label[label_of_rank] = topic_of_rank
+    shared = torch.rand(num_labels, signature_size, generator=generator) < topic_share
+    slots = torch.randint(topic_vocabulary, (num_labels, signature_size), generator=generator)
+    own = torch.randint(num_features, (num_labels, signature_size), generator=generator)
     planted = _Planted(
-        label_cdf=_zipf_cdf(shape.num_labels, zipf_exponent),
-        label_of_rank=torch.randperm(shape.num_labels, generator=generator),
+        label_cdf=label_cdf,
+        label_of_position=label_of_rank[rank_of_position],
+        topic_of_position=topic_of_position,
+        topic_bounds=topic_bounds,
+        topic_starts=torch.cat([starts, torch.tensor([num_labels])]),
+        topic_vocabulary=vocabulary,
         feature_cdf=_zipf_cdf(num_features, 1.0),
         feature_of_rank=feature_of_rank,
         idf=idf,
-        signatures=torch.randint(num_features, (shape.num_labels, signature_size), generator=generator),
+        signatures=torch.where(shared, vocabulary[topic_of_label[:, None], slots], own),
     )
     splits = []
     for count in (num_points, num_test_points):
         parts = (CSRChunks(), CSRChunks())
-        _add_points(parts, count, planted, mean, signature_rate, noise_per_point, generator=generator)
-        splits.append(dataset_from_chunks(parts[0], num_features, parts[1], shape.num_labels))
+        _add_points(
+            parts, count, planted, mean, signature_rate, noise_per_point, topic_focus, topic_words, generator
+        )
+        splits.append(dataset_from_chunks(parts[0], num_features, parts[1], num_labels))
     return splits[0], splits[1]
