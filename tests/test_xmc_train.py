@@ -18,7 +18,7 @@ from softmargin_triton.xmc.batching import batches
 from softmargin_triton.xmc.metrics import precision_at_k, propensity, psp_at_k
 from softmargin_triton.xmc.model import XMCModel
 from softmargin_triton.xmc.synthetic import PRESETS, synthetic
-from softmargin_triton.xmc.train import evaluate, main
+from softmargin_triton.xmc.train import evaluate, main, make_optimizers
 
 # A tiny run: eurlex-4k's 3,993 labels and 5,000 features, a tenth of its points.
 SMALL = ["--dataset", "eurlex-4k", "--scale", "0.1", "--batch-size", "32", "--hidden", "128", "--lr", "1e-2"]
@@ -40,14 +40,43 @@ def test_model_losses_agree_and_features_may_be_dense(backend):
     assert_close(fused.encode(features.to_dense()), fused.encode(features))
     assert_close(fused(features, targets), eager(features, targets))
     grads = [torch.autograd.grad(model(features, targets), list(model.parameters())) for model in models]
-    for fused_grad, eager_grad in zip(*grads, strict=True):
-        assert_close(fused_grad, eager_grad)
+    for fused_grad, eager_grad in zip(*grads, strict=True):  # the embedding's gradients are sparse
+        assert_close(fused_grad.to_dense(), eager_grad.to_dense())
     values, labels = fused.topk(features, 5)
     logits = fused.head.logits(fused.encode(features))
     assert_close(values, logits.topk(5).values)
     assert torch.equal(logits.gather(1, labels), values)
     with pytest.raises(ValueError, match="loss must be 'fused' or 'torch'"):
         XMCModel(4, 4, loss="eager")
+
+
+def test_a_step_updates_only_the_embedding_rows_of_the_batch_features():
+    """The embedding's gradient is sparse and SparseAdam touches only the rows the batch read: a step costs
+    the batch's non-zeros, not the table."""
+    shape = dataclasses.replace(PRESETS["eurlex-4k"], num_features=2_000, num_labels=100)
+    train, _ = synthetic(shape, num_points=16, seed=4)
+    features, targets = next(batches(train, 16, shuffle=False))
+    torch.manual_seed(0)
+    model = XMCModel(train.num_features, train.num_labels, 16)
+    model.set_label_prior(train.label_counts(), train.num_points)
+    optimizers = make_optimizers(model, 1e-2, 5e-2, 0.1)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    model(features, targets).backward()
+    assert model.embedding.weight.grad.is_sparse
+    for optimizer in optimizers:
+        optimizer.step()
+    changed = (model.embedding.weight != before["embedding.weight"]).any(dim=1).nonzero().flatten()
+    assert changed.tolist() == features.indices.unique().tolist()
+    assert 0 < changed.numel() < train.num_features / 2
+    for name, parameter in model.named_parameters():  # the dense parameters all move (AdamW)
+        assert name == "embedding.weight" or not torch.equal(parameter, before[name]), name
+
+
+def test_label_prior_sets_the_bias_to_the_training_log_odds():
+    model = XMCModel(10, 3, 4)
+    model.set_label_prior(torch.tensor([0, 5, 50]), 100)
+    expected = torch.tensor([0.005, 0.05, 0.5]).logit()
+    torch.testing.assert_close(model.head.bias.detach(), expected)
 
 
 def test_trainer_learns_far_beyond_label_frequency(tmp_path):
@@ -75,15 +104,34 @@ def test_trainer_learns_far_beyond_label_frequency(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == metrics
 
 
-def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
-    straight = run(tmp_path / "straight", "--epochs", "2", "--scale", "0.03", "--hidden", "32")
-    run(tmp_path / "resumed", "--epochs", "1", "--scale", "0.03", "--hidden", "32")
-    resumed = run(tmp_path / "resumed", "--epochs", "2", "--scale", "0.03", "--hidden", "32", "--resume")
+def test_resume_continues_where_the_checkpoint_stopped(tmp_path, monkeypatch):
+    """A run that crashed during its second epoch, resumed, ends as the run that never stopped (same
+    shuffles, steps, learning rates and losses)."""
+    tiny = ["--epochs", "2", "--scale", "0.03", "--hidden", "32", "--threads", "1"]  # also --threads
+    threads = torch.get_num_threads()
+    try:
+        straight = run(tmp_path / "straight", *tiny)
+        calls = []
+
+        def crash_in_epoch_2(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return evaluate(*args)
+
+        monkeypatch.setattr("softmargin_triton.xmc.train.evaluate", crash_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "resumed", *tiny)
+        monkeypatch.undo()
+        resumed = run(tmp_path / "resumed", *tiny, "--resume")
+    finally:
+        torch.set_num_threads(threads)
+    assert straight["threads"] == resumed["threads"] == 1
     assert resumed["metrics"] == straight["metrics"]
     straight_log = pd.read_csv(tmp_path / "straight" / "log.csv")
     resumed_log = pd.read_csv(tmp_path / "resumed" / "log.csv")
     losses = [log[log.metric == "loss"].reset_index(drop=True) for log in (straight_log, resumed_log)]
-    pd.testing.assert_frame_equal(*losses)  # same shuffles, same steps, same losses
+    pd.testing.assert_frame_equal(*losses)
 
 
 def test_trains_from_an_xc_directory(tmp_path):
@@ -144,6 +192,7 @@ def test_resume_refuses_changed_settings_and_redoes_unsaved_epochs(tmp_path):
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--eval-every", "-1"], "--eval-every must be at least 1"),
         (["--scale", "0"], "--scale must be positive"),
+        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_bad_arguments_fail_before_training(tmp_path, args, match):

@@ -19,8 +19,9 @@ class XMCModel(nn.Module):
     """Bag-of-features encoder → residual MLP block → `LinearMultiLabelSoftMarginLoss` head.
 
     The encoder is an `nn.EmbeddingBag` summing each point's feature embeddings weighted by the feature
-    values (the product of the sparse feature row with the (F, hidden) embedding table), then
-    LayerNorm → GELU → Linear with a residual connection. The head owns the (L, hidden) classifier.
+    values (the product of the sparse feature row with the (F, hidden) embedding table; its gradient is
+    sparse, the rows of the batch's features only), then LayerNorm → GELU → Linear with a residual
+    connection. The head owns the (L, hidden) classifier.
 
     `loss="fused"` trains with the fused loss, which never forms the (B, L) logits; `loss="torch"` with
     F.linear + torch's MultiLabelSoftMarginLoss on dense targets, the eager baseline it replaces (same
@@ -40,12 +41,27 @@ class XMCModel(nn.Module):
         if loss not in ("fused", "torch"):
             raise ValueError(f"loss must be 'fused' or 'torch', got {loss!r}")
         self.loss = loss
-        self.embedding = nn.EmbeddingBag(num_features, hidden, mode="sum", device=device)
+        self.num_features, self.num_labels, self.hidden = num_features, num_labels, hidden
+        self.embedding = nn.EmbeddingBag(num_features, hidden, mode="sum", sparse=True, device=device)
         nn.init.normal_(self.embedding.weight, std=hidden**-0.5)
         self.block = nn.Sequential(
             nn.LayerNorm(hidden, device=device), nn.GELU(), nn.Linear(hidden, hidden, device=device)
         )
         self.head = LinearMultiLabelSoftMarginLoss(hidden, num_labels, device=device)
+
+    @torch.no_grad()
+    def set_label_prior(self, label_counts: Tensor, num_points: int) -> None:
+        """Set the head's bias to each label's log-odds in the training data, from its counts (L,) int64 among
+        `num_points` points (a label never seen counts as half a point): training starts from the label
+        frequencies instead of spending its first steps pushing ~L - 5 logits per point down."""
+        frequency = label_counts.to(self.head.bias).clamp(min=0.5) / num_points
+        self.head.bias.copy_(torch.log(frequency) - torch.log1p(-frequency))
+
+    def shape(self) -> dict[str, int | str]:
+        """The constructor's arguments: `XMCModel(**model.shape())` builds a model of the same shape."""
+        return dict(
+            num_features=self.num_features, num_labels=self.num_labels, hidden=self.hidden, loss=self.loss
+        )
 
     def encode(self, features: SparseFeatures | Tensor) -> Tensor:
         """(B, hidden) point embeddings of sparse features, or of a dense (B, F) float matrix."""
