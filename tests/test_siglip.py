@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from conftest import DEVICE, TOLERANCE, assert_close
 
 import softmargin_triton as st
+from softmargin_triton.backend import TRITON_INTERPRETED
 from softmargin_triton.distributed import distributed_sigmoid_contrastive_loss
 
 IMAGES, TEXTS, DIM = 6, 14, 5
@@ -233,6 +234,11 @@ def test_peak_memory_stays_far_below_the_logits():
 # --------------------------------------------------------------------------------------------------------
 
 
+# gloo takes CPU tensors: the kernels run on them under Triton's interpreter (no GPU: conftest switches it
+# on); on a GPU machine the ranks check the plain-torch path only.
+DISTRIBUTED_PATHS = [("torch", torch.float64)] + [("triton", torch.float32)] * TRITON_INTERPRETED
+
+
 def _run_rank(rank: int, world: int, store: str) -> None:
     dist.init_process_group(
         "gloo",
@@ -251,7 +257,7 @@ def _check_distributed(rank: int, world: int) -> None:
     """Each rank its slice of one batch: the loss is the single-process loss of the whole batch; each
     rank's feature gradients are its rows of that loss's, and the scale's and bias's summed over ranks
     equal that loss's."""
-    for case, (backend, dtype) in enumerate([("torch", torch.float64), ("triton", torch.float32)]):
+    for case, (backend, dtype) in enumerate(DISTRIBUTED_PATHS):
         for multi_positive in (False, True):
             g = torch.Generator().manual_seed(10 * case + multi_positive)  # the same batch on every rank
             images, texts = (3, 5) if multi_positive else (4, 4)
