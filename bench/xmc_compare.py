@@ -1,13 +1,15 @@
-"""Train the same XMC model with the fused loss and with eager F.linear + MultiLabelSoftMarginLoss; compare.
+"""The XMC trainer against the linear one-vs-rest baseline, preset by preset, in one table.
 
-    python bench/xmc_compare.py --out reports/xmc/<machine> [--dataset NAME --scale S] [-- TRAINER ARGS]
+    python bench/xmc_compare.py --out reports/xmc/cpu --threads 2 [--runs eurlex-4k:0.25 ...] [-- ARGS]
 
-Each run is its own process (`python -m softmargin_triton.xmc.train`), so its peak memory is its own:
-CUDA's max_memory_allocated on a GPU, the process's peak RSS on a CPU. Defaults: on CUDA an
-amazon-670k-shaped synthetic dataset (670,091 labels) at a tenth of its points, on a CPU eurlex-4k at a
-quarter. Writes xmc_compare.csv (long format: one row per loss implementation and quantity, with the device,
-versions, commit and date) and XMC.md, the comparison table generated from it; each run's own log,
-curves and summary (not its checkpoint) stay in OUT/<loss>/.
+Each `--runs` entry is PRESET:SCALE (default: eurlex-4k at a quarter of its points and amazoncat-13k at
+20,000 training points, scale 0.01686). For each, the `--methods` run in their own processes with
+`--threads` CPU threads: `linear`, the baseline (bench/xmc_linear_baseline.py, its default settings), and
+`fused` / `torch`, the trainer (`python -m softmargin_triton.xmc.train`, its defaults with that `--loss`,
+then ARGS). Writes xmc_compare.csv (long format: one row per run and quantity, with the machine, versions,
+commit and date; rows of other (preset, scale, method) from earlier calls stay) and XMC.md, the table
+generated from it; each trainer run's log, curves and summary (not its checkpoint) stay in
+OUT/<preset>/<loss>/.
 """
 
 import argparse
@@ -20,110 +22,171 @@ from pathlib import Path
 import pandas as pd
 import torch
 import triton
-from timing import git_commit  # bench/timing.py, next to this script
+from timing import cpu_model, git_commit  # bench/timing.py, next to this script
 
-LOSSES = {"fused": "softmargin-triton fused linear + MLSM", "torch": "eager F.linear + torch MLSM"}
+BENCH = Path(__file__).resolve().parent
+METHODS = {
+    "linear": "linear one-vs-rest (bench/xmc_linear_baseline.py)",
+    "fused": "trainer, fused linear + MLSM head",
+    "torch": "trainer, eager F.linear + torch MLSM head",
+}
+SHOWN = ("P@1", "P@3", "P@5", "PSP@5")
 
 
-def run_training(loss: str, out: Path, dataset: str, scale: float, extra: list[str]) -> dict:
-    """One training run in its own process; returns its summary.json."""
-    command = [sys.executable, "-m", "softmargin_triton.xmc.train", "--dataset", dataset]
-    command += ["--scale", str(scale), "--loss", loss, "--out", str(out / loss), "--no-progress", *extra]
+def _run(command: list[str]) -> str | None:
+    """Run `command`; None when it succeeds, else its last line of error output."""
     completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode != 0:
-        return dict(error=(completed.stderr.strip().splitlines() or ["failed"])[-1])
-    (out / loss / "checkpoint.pt").unlink()  # the comparison keeps the run's log, curves and summary
-    return json.loads((out / loss / "summary.json").read_text())
+    if completed.returncode == 0:
+        return None
+    return (completed.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+def run_baseline(preset: str, scale: float, threads: int, out: Path) -> dict:
+    """The baseline's record (epochs, seconds, metrics), or dict(error=...)."""
+    csv = out / "linear.csv"
+    csv.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        str(BENCH / "xmc_linear_baseline.py"),
+        "--dataset",
+        preset,
+        "--scale",
+        str(scale),
+    ]
+    error = _run([*command, "--threads", str(threads), "--out", str(csv), "--no-progress"])
+    if error is not None:
+        return dict(error=error)
+    record = pd.read_csv(csv).iloc[0].to_dict()
+    return dict(record, settings=record["settings"])
+
+
+def run_trainer(preset: str, scale: float, loss: str, threads: int, out: Path, extra: list[str]) -> dict:
+    """The trainer's record (epochs, seconds, metrics) from its summary.json, or dict(error=...)."""
+    command = [
+        sys.executable,
+        "-m",
+        "softmargin_triton.xmc.train",
+        "--dataset",
+        preset,
+        "--scale",
+        str(scale),
+    ]
+    command += ["--loss", loss, "--threads", str(threads), "--out", str(out), "--no-progress", *extra]
+    error = _run(command)
+    if error is not None:
+        return dict(error=error)
+    (out / "checkpoint.pt").unlink()  # the comparison keeps the run's log, curves and summary
+    summary = json.loads((out / "summary.json").read_text())
+    log = pd.read_csv(out / "log.csv")
+    seconds = log[log.metric == "seconds"].value.sum()
+    config = summary["config"]
+    return dict(
+        epochs=config["epochs"],
+        settings=f"hidden {config['hidden']}, batch {config['batch_size']}, lr {config['lr']}, "
+        f"embedding lr {config['embedding_lr']}, weight decay {config['weight_decay']}",
+        train_points=summary["train_points"],
+        seconds=seconds,
+        seconds_per_epoch=summary["seconds_per_epoch"],
+        **summary["metrics"],
+    )
 
 
 def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
-    """XMC.md: time per epoch, peak memory and test metrics per loss implementation, from the CSV."""
+    """XMC.md: per run and method, the epochs, time and test metrics, from the CSV."""
     first = frame.iloc[0]
-    done = frame[frame.quantity != "error"]
-    metrics = ["P@1", "P@5"]
-    if len(done):
-        shape = done.iloc[0]
-        size = (
-            f"{shape.num_labels:,.0f} labels, {shape.train_points:,.0f} training points, "
-            f"{shape.epochs:.0f} epochs."
-        )
-    else:
-        size = "every run failed."
     lines = [
-        f"# Training with the fused loss vs eager torch: {first.dataset} (scale {first.scale})",
+        "# The XMC trainer against the linear one-vs-rest baseline",
         "",
-        f"{first.device}, torch {first.torch}, triton {first.triton}, commit {first.commit}, {first.date}; "
-        f"{size}",
+        f"{first.cpu}, torch threads: {first.threads}, torch {first.torch}, triton {first.triton}, commit "
+        f"{first.commit}, {first.date}.",
         "",
         f"Reproduce: `{command}`",
         "",
-        "| loss | s / epoch | peak memory (MiB) | " + " | ".join(metrics) + " |",
-        "|---|---|---|" + "---|" * len(metrics),
+        "| data | method | epochs | s / epoch | s in all | " + " | ".join(SHOWN) + " |",
+        "|---|---|---|---|---|" + "---|" * len(SHOWN),
     ]
-    for loss, rows in frame.groupby("loss", sort=False):
+    for (dataset, scale, method), rows in frame.groupby(["dataset", "scale", "method"], sort=False):
         values = dict(zip(rows.quantity, rows.value, strict=True))
+        data = f"{dataset} × {scale:g} ({rows.train_points.iloc[0]:,.0f} train)"
         if "error" in values:
-            lines.append(f"| {LOSSES[loss]} | failed: {rows.error.iloc[0]} |" + " |" * (1 + len(metrics)))
+            lines.append(
+                f"| {data} | {METHODS[method]} | failed: {rows.error.iloc[0]} |" + " |" * (2 + len(SHOWN))
+            )
             continue
-        cells = [f"{values['seconds_per_epoch']:.2f}", f"{values['peak_memory_mb']:.0f}"]
-        cells += [f"{values[name]:.4f}" for name in metrics]
-        lines.append(f"| {LOSSES[loss]} | " + " | ".join(cells) + " |")
-    baseline = frame[frame.quantity == "baseline P@1"].value
-    if len(baseline):
-        lines += [
-            "",
-            f"Label-frequency baseline (the training split's most frequent labels for every point): P@1 "
-            f"{baseline.iloc[0]:.4f}.",
-        ]
-    lines += ["", "Peak memory: CUDA's max_memory_allocated on a GPU, the run's peak RSS on a CPU."]
+        cells = [f"{values['epochs']:.0f}", f"{values['seconds_per_epoch']:.1f}", f"{values['seconds']:.0f}"]
+        cells += [f"{values[name]:.4f}" for name in SHOWN]
+        lines.append(f"| {data} | {METHODS[method]} | " + " | ".join(cells) + " |")
+    lines += ["", "Settings:", ""]
+    for (dataset, method), rows in frame.groupby(["dataset", "method"], sort=False):
+        lines.append(f"- {dataset}, {METHODS[method]}: {rows.settings.iloc[0]}")
+    lines += [
+        "",
+        "Times leave out data generation. The baseline's count its training and its scoring of the test "
+        "split (it scores label chunk by label chunk); the trainer's count its epochs only (not its "
+        "evaluations), and its s / epoch leaves out the first epoch.",
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    cuda = torch.cuda.is_available()
-    parser.add_argument("--dataset", default="amazon-670k" if cuda else "eurlex-4k")
-    parser.add_argument("--scale", type=float, default=0.1 if cuda else 0.25)
+    parser.add_argument("--runs", nargs="+", default=["eurlex-4k:0.25", "amazoncat-13k:0.01686"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=tuple(METHODS),
+        default=["linear", "fused"],
+        help="fused, torch: the trainer's --loss",
+    )
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("extra", nargs="*", help="arguments for the trainer, after --")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     common = dict(
-        dataset=args.dataset,
-        scale=args.scale,
-        device=torch.cuda.get_device_name() if cuda else "cpu",
+        cpu=cpu_model(),
+        threads=args.threads,
+        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         torch=torch.__version__,
         triton=triton.__version__,
         commit=git_commit(),
         date=datetime.date.today().isoformat(),
     )
+    # Rows of earlier calls stay unless this call reruns their (dataset, scale, method): a table can be
+    # filled run by run.
+    csv = args.out / "xmc_compare.csv"
+    kept = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
     rows = []
-    for loss in LOSSES:
-        summary = run_training(loss, args.out, args.dataset, args.scale, args.extra)
-        if "error" in summary:
-            rows.append(dict(common, loss=loss, quantity="error", value=float("nan"), error=summary["error"]))
-            frame = pd.DataFrame(rows)
-            frame.to_csv(args.out / "xmc_compare.csv", index=False)
+    for entry in args.runs:
+        preset, scale = entry.rsplit(":", 1)
+        folder = args.out / preset
+        folder.mkdir(parents=True, exist_ok=True)
+        for method in args.methods:
+            if method == "linear":
+                record = run_baseline(preset, float(scale), args.threads, folder)
+            else:
+                record = run_trainer(preset, float(scale), method, args.threads, folder / method, args.extra)
+            run = dict(common, dataset=preset, scale=float(scale), method=method)
+            run.update(train_points=record.get("train_points"), settings=record.get("settings", ""))
+            if "error" in record:
+                rows.append(dict(run, quantity="error", value=float("nan"), error=record["error"]))
+            else:
+                quantities = [
+                    "epochs",
+                    "seconds",
+                    "seconds_per_epoch",
+                    *(name for name in record if "@" in name),
+                ]
+                rows += [dict(run, quantity=name, value=float(record[name])) for name in quantities]
+            # after each run: a call cut off later keeps what finished
+            kept = (
+                kept[~((kept.dataset == preset) & (kept.scale == float(scale)) & (kept.method == method))]
+                if len(kept)
+                else kept
+            )
+            frame = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
+            frame.to_csv(csv, index=False)
             write_table(frame, args.out / "XMC.md", " ".join(["python", *sys.argv]))
-            continue
-        run = dict(
-            common,
-            loss=loss,
-            num_labels=summary["num_labels"],
-            train_points=summary["train_points"],
-            epochs=summary["config"]["epochs"],
-        )
-        quantities = dict(
-            seconds_per_epoch=summary["seconds_per_epoch"],
-            peak_memory_mb=summary["peak_memory_mb"],
-            **summary["metrics"],
-            **{"baseline P@1": summary["label_frequency_baseline"]["P@1"]},
-        )
-        rows += [dict(run, quantity=name, value=value) for name, value in quantities.items()]
-        # after each run: a call cut off during the second keeps the first
-        frame = pd.DataFrame(rows)
-        frame.to_csv(args.out / "xmc_compare.csv", index=False)
-        write_table(frame, args.out / "XMC.md", " ".join(["python", *sys.argv]))
     print((args.out / "XMC.md").read_text())
 
 
