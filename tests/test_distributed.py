@@ -39,7 +39,17 @@ def _free_port() -> int:
 
 
 def _spawn(worker, world: int) -> None:
-    mp.spawn(_run_rank, args=(world, _free_port(), worker), nprocs=world, join=True)
+    # The ranks compute on CPU tensors over gloo, where the Triton path is Triton's interpreter, on a CUDA
+    # machine too (whose test process leaves the interpreter off): the children inherit the switch.
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        mp.spawn(_run_rank, args=(world, _free_port(), worker), nprocs=world, join=True)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
 
 
 def _run_rank(rank: int, world: int, port: int, worker) -> None:
