@@ -65,7 +65,7 @@ class TrainConfig:
     scale: float = 1.0
     data_seed: int = 0
     epochs: int = 15
-    batch_size: int = 32
+    batch_size: int = 64
     lr: float = 1e-2
     embedding_lr: float = 5e-2
     weight_decay: float = 0.1
