@@ -100,7 +100,7 @@ def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
         f"{first.cpu}, torch threads: {first.threads}, torch {first.torch}, triton {first.triton}, commit "
         f"{first.commit}, {first.date}.",
         "",
-        f"Reproduce: `{command}`",
+        f"Last call: `{command}` (each row's own call, commit and date are in xmc_compare.csv)",
         "",
         "| data | method | epochs | s / epoch | s in all | " + " | ".join(SHOWN) + " |",
         "|---|---|---|---|---|" + "---|" * len(SHOWN),
@@ -152,10 +152,6 @@ def main() -> None:
         commit=git_commit(),
         date=datetime.date.today().isoformat(),
     )
-    # Rows of earlier calls stay unless this call reruns their (dataset, scale, method): a table can be
-    # filled run by run.
-    csv = args.out / "xmc_compare.csv"
-    kept = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
     rows = []
     for entry in args.runs:
         preset, scale = entry.rsplit(":", 1)
@@ -178,14 +174,19 @@ def main() -> None:
                     *(name for name in record if "@" in name),
                 ]
                 rows += [dict(run, quantity=name, value=float(record[name])) for name in quantities]
-            # after each run: a call cut off later keeps what finished
-            kept = (
-                kept[~((kept.dataset == preset) & (kept.scale == float(scale)) & (kept.method == method))]
-                if len(kept)
-                else kept
-            )
-            frame = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
-            frame.to_csv(csv, index=False)
+            # After each run, so that a call cut off later keeps what finished. Rows of other (dataset,
+            # scale, method), from earlier or concurrent calls, stay: the table can be filled run by run.
+            csv = args.out / "xmc_compare.csv"
+            ours = pd.DataFrame(rows)
+            if csv.exists():
+                earlier = pd.read_csv(csv)
+                keys = set(zip(ours.dataset, ours.scale, ours.method, strict=True))
+                mine = [
+                    key in keys for key in zip(earlier.dataset, earlier.scale, earlier.method, strict=True)
+                ]
+                ours = pd.concat([earlier[[not flag for flag in mine]], ours], ignore_index=True)
+            ours.to_csv(csv, index=False)
+            frame = ours
             write_table(frame, args.out / "XMC.md", " ".join(["python", *sys.argv]))
     print((args.out / "XMC.md").read_text())
 
