@@ -24,6 +24,7 @@ each rank's own texts as its label shard.
 """
 
 import math
+import struct
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,13 @@ import torch.distributed.nn
 from torch import Tensor, nn
 
 from softmargin_triton.backend import use_triton_for
-from softmargin_triton.common import FLOAT_DTYPES, REDUCTIONS, resolve_reduction, rows_view
+from softmargin_triton.common import (
+    FLOAT_DTYPES,
+    REDUCTIONS,
+    check_label_smoothing,
+    resolve_reduction,
+    rows_view,
+)
 from softmargin_triton.linear_soft_margin import (
     LinearSoftMarginFunction,
     autocast_operands,
@@ -70,6 +77,7 @@ CALL_FIELDS = (
     "input_grad",
     "graph",
     "nnz",
+    "label_smoothing",
 )
 # torch 2.13 renamed the single-tensor collectives; the old names still work there, with a warning.
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -279,11 +287,13 @@ def _local_call(
     pos_weight: Tensor | None,
     reduction: str,
     data_parallel: bool,
+    label_smoothing: float,
 ) -> dict:
     """This rank's checks, its operands as the chunk loop takes them (under autocast in its dtype; label
     dimensions cut to the shard, viewed as rows), and the fields all ranks must agree on; raises on a bad
     argument."""
     reduction = resolve_reduction(None, None, reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
     input, weight_shard, bias_shard = autocast_operands(input, weight_shard, bias_shard)
     out_dtype = check_operands(
         input, weight_shard, target, bias_shard, label_weight, pos_weight, num_labels, "weight_shard"
@@ -354,7 +364,10 @@ def _local_call(
             input_grad=int(input_grad),
             graph=int(graph),  # whether backward runs, and with it the backward's collectives
             nnz=target.nnz if sparse else 0,
+            # ε's float64 bits, so that the ranks agree on it exactly (ε ≥ 0: no sign bit, fits int64)
+            label_smoothing=int.from_bytes(struct.pack("<d", label_smoothing), "little"),
         ),
+        label_smoothing=label_smoothing,
     )
 
 
@@ -371,6 +384,7 @@ def sharded_linear_multilabel_soft_margin_loss(
     pos_weight: Tensor | None = None,
     reduction: str = "mean",
     data_parallel: bool = False,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """`linear_multilabel_soft_margin_loss` over a classifier whose rows are split by label across the ranks
     of `group`; a collective call (every rank calls it, and backpropagates the result alike).
@@ -390,6 +404,7 @@ def sharded_linear_multilabel_soft_margin_loss(
             (..., num_labels); with `data_parallel=True` without a per-row dimension.
         reduction: 'none' → input.shape[:-1] (this rank's rows with `data_parallel=True`); 'mean' / 'sum' →
             () over all rows of all ranks.
+        label_smoothing: ε in [0, 1), as in `linear_multilabel_soft_margin_loss`; the same on every rank.
 
     Returns:
         The loss, equal on every rank to the single-process loss over the whole classifier (and, with
@@ -411,6 +426,7 @@ def sharded_linear_multilabel_soft_margin_loss(
                 pos_weight,
                 reduction,
                 data_parallel,
+                label_smoothing,
             ),
             None,
         )
@@ -420,7 +436,7 @@ def sharded_linear_multilabel_soft_margin_loss(
     comm = _collectives(group)
     table = _agree(fields, error, comm)
     _require_equal(table, "num_labels", "rows", "dim", "reduction", "data_parallel", "sparse", "dtype")
-    _require_equal(table, "out_dtype", "bias", "input_grad", "graph")
+    _require_equal(table, "out_dtype", "bias", "input_grad", "graph", "label_smoothing")
     _check_tiling(table, num_labels)
 
     input, weight_shard, bias_shard = call["input"], call["weight_shard"], call["bias_shard"]
@@ -458,6 +474,7 @@ def sharded_linear_multilabel_soft_margin_loss(
             torch.is_grad_enabled(),
             label_start,
             num_labels,
+            call["label_smoothing"],
         )
     if data_parallel and reduction == "none":
         loss = _ScatterRows.apply(share, comm)
@@ -525,6 +542,7 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
         pos_weight: Tensor | None = None,
         reduction: str = "mean",
         data_parallel: bool = False,
+        label_smoothing: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -533,6 +551,7 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
         self.group = group
         self.in_features, self.num_labels, self.reduction = in_features, num_labels, reduction
         self.data_parallel = data_parallel
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         comm = _collectives(group)
         self.label_start, self.label_stop = shard_range(num_labels, comm.world_size, comm.rank)
         shard_labels = self.label_stop - self.label_start
@@ -562,6 +581,7 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
             pos_weight=self.pos_weight,
             reduction=self.reduction,
             data_parallel=self.data_parallel,
+            label_smoothing=self.label_smoothing,
         )
 
     def topk(self, input: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -582,7 +602,8 @@ class ShardedLinearMultiLabelSoftMarginLoss(nn.Module):
         return (
             f"in_features={self.in_features}, num_labels={self.num_labels}, "
             f"labels=[{self.label_start}, {self.label_stop}), bias={self.bias is not None}, "
-            f"reduction={self.reduction!r}, data_parallel={self.data_parallel}"
+            f"reduction={self.reduction!r}, data_parallel={self.data_parallel}, "
+            f"label_smoothing={self.label_smoothing}"
         )
 
 

@@ -120,7 +120,12 @@ def _check_replicated(rank: int, world: int) -> None:
                         )
                         targets = st.SparseTargets.from_lists(lists, LABELS)
                         target = targets if sparse else targets.to_dense(torch.uint8)
-                        weights = dict(label_weight=label_weight, pos_weight=pos_weight) if weighted else {}
+                        # weighted cases smooth the labels too (ε as the ranks must agree on it)
+                        weights = (
+                            dict(label_weight=label_weight, pos_weight=pos_weight, label_smoothing=0.1)
+                            if weighted
+                            else {}
+                        )
                         grad_output = grad_rows if reduction == "none" else grad_scalar
                         expected = _loss_and_grads(
                             st.linear_multilabel_soft_margin_loss,
@@ -167,6 +172,7 @@ def _check_data_parallel(rank: int, world: int) -> None:
                 pos_weight = torch.linspace(0.5, 2.0, LABELS, dtype=dtype)
                 own = slice(rank * rows, (rank + 1) * rows)
                 weights = dict(label_weight=label_weight[None], pos_weight=pos_weight)
+                weights["label_smoothing"] = 0.1 * case  # none for 'none', smoothed for 'mean' and 'sum'
                 grad_output = grad_rows if reduction == "none" else grad_scalar
                 expected = _loss_and_grads(
                     st.linear_multilabel_soft_margin_loss,
@@ -261,6 +267,8 @@ def _check_bad_calls(rank: int, world: int) -> None:
         call(x=input[:-1] if rank == 0 else input)  # mismatched batch sizes
     with pytest.raises(ValueError, match="ranks disagree on reduction"):
         call(reduction="sum" if rank == 0 else "mean")
+    with pytest.raises(ValueError, match="ranks disagree on label_smoothing"):
+        call(label_smoothing=0.1 if rank == 0 else 0.1 + 1e-12)  # agreed exactly, not within rounding
     last = world - 1
     expected = (TypeError, "must share one floating dtype") if rank == last else (ValueError, f"rank {last}:")
     with pytest.raises(expected[0], match=expected[1]):
