@@ -1,15 +1,16 @@
 """The XMC trainer against the linear one-vs-rest baseline, preset by preset, in one table.
 
-    python bench/xmc_compare.py --out reports/xmc/cpu --threads 2 [--runs eurlex-4k:0.25 ...] [-- ARGS]
+    python bench/xmc_compare.py --out reports/xmc/cpu --threads 2 [--dataset D ... --scale S ...] [-- ARGS]
 
-Each `--runs` entry is PRESET:SCALE (default: eurlex-4k at a quarter of its points and amazoncat-13k at
-20,000 training points, scale 0.01686). For each, the `--methods` run in their own processes with
-`--threads` CPU threads: `linear`, the baseline (bench/xmc_linear_baseline.py, its default settings), and
-`fused` / `torch`, the trainer (`python -m softmargin_triton.xmc.train`, its defaults with that `--loss`,
-then ARGS). Writes xmc_compare.csv (long format: one row per run and quantity, with the machine, versions,
-commit and date; rows of other (preset, scale, method) from earlier calls stay) and XMC.md, the table
-generated from it; each trainer run's log, curves and summary (not its checkpoint) stay in
-OUT/<preset>/<loss>/.
+`--dataset` names presets and `--scale` their scales, pair by pair (one scale serves all). Defaults: on a
+CPU eurlex-4k at a quarter of its points and amazoncat-13k at 20,000 training points (scale 0.01686),
+methods linear and fused; on CUDA amazon-670k at a tenth, fused and torch. For each dataset the
+`--methods` run in their own processes with `--threads` CPU threads: `linear`, the baseline
+(bench/xmc_linear_baseline.py, its default settings), and `fused` / `torch`, the trainer
+(`python -m softmargin_triton.xmc.train`, its defaults with that `--loss`, then ARGS). Writes
+xmc_compare.csv (long format: one row per run and quantity, with the machine, versions, commit and date;
+rows of other (preset, scale, method) from earlier calls stay) and XMC.md, the table generated from it;
+each trainer run's log, curves and summary (not its checkpoint) stay in OUT/<preset>/<loss>/.
 """
 
 import argparse
@@ -131,30 +132,36 @@ def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--runs", nargs="+", default=["eurlex-4k:0.25", "amazoncat-13k:0.01686"])
+    cuda = torch.cuda.is_available()
+    parser.add_argument(
+        "--dataset", nargs="+", default=["amazon-670k"] if cuda else ["eurlex-4k", "amazoncat-13k"]
+    )
+    parser.add_argument("--scale", nargs="+", type=float, default=[0.1] if cuda else [0.25, 0.01686])
     parser.add_argument(
         "--methods",
         nargs="+",
         choices=tuple(METHODS),
-        default=["linear", "fused"],
+        default=["fused", "torch"] if cuda else ["linear", "fused"],
         help="fused, torch: the trainer's --loss",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("extra", nargs="*", help="arguments for the trainer, after --")
     args = parser.parse_args()
+    scales = args.scale * len(args.dataset) if len(args.scale) == 1 else args.scale
+    if len(scales) != len(args.dataset):
+        parser.error(f"{len(args.dataset)} datasets but {len(args.scale)} scales")
     args.out.mkdir(parents=True, exist_ok=True)
     common = dict(
         cpu=cpu_model(),
         threads=args.threads,
-        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        device=torch.cuda.get_device_name() if cuda else "cpu",
         torch=torch.__version__,
         triton=triton.__version__,
         commit=git_commit(),
         date=datetime.date.today().isoformat(),
     )
     rows = []
-    for entry in args.runs:
-        preset, scale = entry.rsplit(":", 1)
+    for preset, scale in zip(args.dataset, scales, strict=True):
         folder = args.out / preset
         folder.mkdir(parents=True, exist_ok=True)
         for method in args.methods:
