@@ -10,7 +10,8 @@ methods linear and fused; on CUDA amazon-670k at a tenth, fused and torch. For e
 (`python -m softmargin_triton.xmc.train`, its defaults with that `--loss`, then ARGS). Writes
 xmc_compare.csv (long format: one row per run and quantity, with the machine, versions, commit and date;
 rows of other (preset, scale, method) from earlier calls stay) and XMC.md, the table generated from it;
-each trainer run's log, curves and summary (not its checkpoint) stay in OUT/<preset>/<loss>/.
+each trainer run's log, curves and summary (not its checkpoint) stay in OUT/<preset or directory
+name>/<loss>/.
 """
 
 import argparse
@@ -162,7 +163,7 @@ def main() -> None:
     )
     rows = []
     for preset, scale in zip(args.dataset, scales, strict=True):
-        folder = args.out / preset
+        folder = args.out / Path(preset).name  # a directory's name, not its path
         folder.mkdir(parents=True, exist_ok=True)
         for method in args.methods:
             if method == "linear":
