@@ -99,23 +99,27 @@ def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
     lines = [
         "# The XMC trainer against the linear one-vs-rest baseline",
         "",
-        f"{first.cpu}, torch threads: {first.threads}, torch {first.torch}, triton {first.triton}, commit "
-        f"{first.commit}, {first.date}.",
+        f"{first.cpu}, torch {first.torch}, triton {first.triton}, commit {first.commit}, {first.date}.",
         "",
         f"Last call: `{command}` (each row's own call, commit and date are in xmc_compare.csv)",
         "",
-        "| data | method | epochs | s / epoch | s in all | " + " | ".join(SHOWN) + " |",
-        "|---|---|---|---|---|" + "---|" * len(SHOWN),
+        "| data | method | threads | epochs | s / epoch | s in all | " + " | ".join(SHOWN) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(SHOWN),
     ]
     for (dataset, scale, method), rows in frame.groupby(["dataset", "scale", "method"], sort=False):
         values = dict(zip(rows.quantity, rows.value, strict=True))
         data = f"{dataset} × {scale:g} ({rows.train_points.iloc[0]:,.0f} train)"
         if "error" in values:
             lines.append(
-                f"| {data} | {METHODS[method]} | failed: {rows.error.iloc[0]} |" + " |" * (2 + len(SHOWN))
+                f"| {data} | {METHODS[method]} | failed: {rows.error.iloc[0]} |" + " |" * (3 + len(SHOWN))
             )
             continue
-        cells = [f"{values['epochs']:.0f}", f"{values['seconds_per_epoch']:.1f}", f"{values['seconds']:.0f}"]
+        cells = [
+            f"{rows.threads.iloc[0]}",
+            f"{values['epochs']:.0f}",
+            f"{values['seconds_per_epoch']:.1f}",
+            f"{values['seconds']:.0f}",
+        ]
         cells += [f"{values[name]:.4f}" for name in SHOWN]
         lines.append(f"| {data} | {METHODS[method]} | " + " | ".join(cells) + " |")
     lines += ["", "Settings:", ""]
