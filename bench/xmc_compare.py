@@ -99,9 +99,10 @@ def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
     lines = [
         "# The XMC trainer against the linear one-vs-rest baseline",
         "",
-        f"{first.cpu}, torch {first.torch}, triton {first.triton}, commit {first.commit}, {first.date}.",
+        f"{first.cpu}, torch {first.torch}, triton {first.triton}, commits "
+        f"{', '.join(frame.commit.astype(str).unique())}, {', '.join(frame.date.astype(str).unique())}.",
         "",
-        f"Last call: `{command}` (each row's own call, commit and date are in xmc_compare.csv)",
+        f"Made by `{command}` (each row's commit and date are in xmc_compare.csv)",
         "",
         "| data | method | threads | epochs | s / epoch | s in all | " + " | ".join(SHOWN) + " |",
         "|---|---|---|---|---|---|" + "---|" * len(SHOWN),
