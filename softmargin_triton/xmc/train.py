@@ -1,6 +1,6 @@
 """Train an extreme multi-label classifier with the fused loss, from the command line.
 
-    python -m softmargin_triton.xmc.train --dataset eurlex-4k --scale 0.25 --epochs 5 --out runs/eurlex
+    python -m softmargin_triton.xmc.train --dataset eurlex-4k --scale 0.25 --threads 2 --out runs/eurlex
 
 `--dataset` is a synthetic preset (eurlex-4k, amazoncat-13k, wiki10-31k, amazon-670k; `--scale` sets the
 number of points) or a directory of the Extreme Classification Repository holding train.txt and test.txt
