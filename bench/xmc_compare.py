@@ -9,14 +9,15 @@ methods linear and fused; on CUDA amazon-670k at a tenth, fused and torch. For e
 (bench/xmc_linear_baseline.py, its default settings), and `fused` / `torch`, the trainer
 (`python -m softmargin_triton.xmc.train`, its defaults with that `--loss`, then ARGS). Writes
 xmc_compare.csv (long format: one row per run and quantity, with the machine, versions, commit and date;
-rows of other (preset, scale, method) from earlier calls stay) and XMC.md, the table generated from it;
-each trainer run's log, curves and summary (not its checkpoint) stay in OUT/<preset or directory
-name>/<loss>/.
+rows of other (preset, scale, method, threads, OMP_WAIT_POLICY) from earlier calls stay) and XMC.md, the
+table generated from it; the latest trainer run's log, curves and summary (not its checkpoint) stay in
+OUT/<preset or directory name>/<loss>/.
 """
 
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,14 @@ METHODS = {
     "torch": "trainer, eager F.linear + torch MLSM head",
 }
 SHOWN = ("P@1", "P@3", "P@5", "PSP@5")
+RUN_KEYS = ["dataset", "scale", "method", "threads", "omp_wait_policy"]  # one table row each
+
+
+def _with_policy(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with an omp_wait_policy column ("" where unset; CSVs written before it lack it)."""
+    if "omp_wait_policy" not in frame:
+        frame = frame.assign(omp_wait_policy="")
+    return frame.fillna({"omp_wait_policy": ""})
 
 
 def _run(command: list[str]) -> str | None:
@@ -107,7 +116,8 @@ def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
         "| data | method | threads | epochs | s / epoch | s in all | " + " | ".join(SHOWN) + " |",
         "|---|---|---|---|---|---|" + "---|" * len(SHOWN),
     ]
-    for (dataset, scale, method), rows in frame.groupby(["dataset", "scale", "method"], sort=False):
+    frame = _with_policy(frame)
+    for (dataset, scale, method, threads, policy), rows in frame.groupby(RUN_KEYS, sort=False):
         values = dict(zip(rows.quantity, rows.value, strict=True))
         data = f"{dataset} × {scale:g} ({rows.train_points.iloc[0]:,.0f} train)"
         if "error" in values:
@@ -116,7 +126,7 @@ def write_table(frame: pd.DataFrame, path: Path, command: str) -> None:
             )
             continue
         cells = [
-            f"{rows.threads.iloc[0]}",
+            f"{threads}" + (f" ({policy.lower()})" if policy else ""),
             f"{values['epochs']:.0f}",
             f"{values['seconds_per_epoch']:.1f}",
             f"{values['seconds']:.0f}",
@@ -160,6 +170,9 @@ def main() -> None:
     common = dict(
         cpu=cpu_model(),
         threads=args.threads,
+        # OpenMP's idle threads spin by default: on cores shared with other jobs, PASSIVE keeps 2 threads
+        # from running many times slower than 1.
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
         device=torch.cuda.get_device_name() if cuda else "cpu",
         torch=torch.__version__,
         triton=triton.__version__,
@@ -192,11 +205,9 @@ def main() -> None:
             csv = args.out / "xmc_compare.csv"
             ours = pd.DataFrame(rows)
             if csv.exists():
-                earlier = pd.read_csv(csv)
-                keys = set(zip(ours.dataset, ours.scale, ours.method, strict=True))
-                mine = [
-                    key in keys for key in zip(earlier.dataset, earlier.scale, earlier.method, strict=True)
-                ]
+                earlier = _with_policy(pd.read_csv(csv, dtype={"commit": str}))
+                keys = set(ours[RUN_KEYS].itertuples(index=False, name=None))
+                mine = [key in keys for key in earlier[RUN_KEYS].itertuples(index=False, name=None)]
                 ours = pd.concat([earlier[[not flag for flag in mine]], ours], ignore_index=True)
             ours.to_csv(csv, index=False)
             frame = ours
