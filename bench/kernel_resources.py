@@ -121,6 +121,7 @@ def _dense_loss_flags(**flags: object) -> dict[str, object]:
         SMOOTH=False,
         ALPHA_WEIGHT=False,
         CLIP=False,
+        INTEGER_GAMMA=-1,
         WRITE_GRAD=True,
         WRITE_LOSS=False,
         WRITE_PARTIAL=True,
@@ -296,7 +297,7 @@ KERNELS = {
             Variant(
                 "focal-bf16-uint8",
                 _dense_loss_args("*bf16", "*u8", 4096, 131072, weights=False),
-                _dense_loss_flags(LOSS_FORM="focal", ALPHA_WEIGHT=True, FOCUS_GRAD=True),
+                _dense_loss_flags(LOSS_FORM="focal", ALPHA_WEIGHT=True, FOCUS_GRAD=True, INTEGER_GAMMA=2),
                 bytes_per_element=5,
             ),
             Variant(

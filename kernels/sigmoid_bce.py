@@ -175,6 +175,17 @@ def power(base, exponent):
 
 
 @triton.jit
+def integer_power(base, N: tl.constexpr):
+    """base ** N for a constexpr integer N ≥ 0 by N - 1 products (1 for N = 0, as torch.pow's 0 ** 0)."""
+    result = tl.full(base.shape, 1.0, base.dtype)
+    if N > 0:
+        result = base
+        for _ in tl.static_range(N - 1):
+            result = result * base
+    return result
+
+
+@triton.jit
 def log_probability(q, PRECISE: tl.constexpr):
     """log(q) for q in (0, 1]: libdevice's correctly rounded log where the result is fp32 (MUFU lg2's
     absolute error would be most of a small result), MUFU lg2 for a 16-bit one."""
@@ -197,6 +208,7 @@ def focal_bce(
     ALPHA_WEIGHT: tl.constexpr,
     CLIP: tl.constexpr,
     FOCUS_GRAD: tl.constexpr,
+    INTEGER_GAMMA: tl.constexpr,
     PRECISE: tl.constexpr,
 ):
     """(loss, d loss / dx) of the focal family at logits x and targets y (any real values):
@@ -204,6 +216,8 @@ def focal_bce(
         loss = α_t · (1 - p_t)^γ_t · ce,  p = σ(x),  q = min(σ(-x) + clip, 1) (σ(-x) without CLIP),
         p_t = p·y + q·(1 - y),  γ_t = γ+·y + γ-·(1 - y),  α_t = α·y + (1 - α)·(1 - y) (ALPHA_WEIGHT; else 1),
 
+    INTEGER_GAMMA ≥ 0 says γ+ = γ- = INTEGER_GAMMA, an integer: the powers are then products (the focal
+    loss's γ = 2); -1 for any other γ+, γ-, which costs MUFU lg2 and ex2 per power.
     ce = BCE with logits, torch's formula (torchvision's sigmoid_focal_loss: γ+ = γ-, no clip), or with
     ASYMMETRIC the ASL reference's -(y·max(log p, log ε) + (1 - y)·max(log q, log ε)). The focusing
     factor's own gradient is included with FOCUS_GRAD (ASL's disable_torch_grad_focal_loss=False and
@@ -244,15 +258,21 @@ def focal_bce(
     else:
         ce, dce = sigmoid_bce(x, y, 1.0, False, False, PRECISE)
     base = y * p_neg + (1.0 - y) * one_minus_q  # 1 - p_t
-    gamma = gamma_pos * y + gamma_neg * (1.0 - y)
-    focus = power(base, gamma)
+    if INTEGER_GAMMA >= 0:  # γ+ = γ- = INTEGER_GAMMA: products in place of two MUFU ops a power
+        focus = integer_power(base, INTEGER_GAMMA)
+    else:
+        gamma = gamma_pos * y + gamma_neg * (1.0 - y)
+        focus = power(base, gamma)
     loss = ce * focus
     grad = dce * focus
     if FOCUS_GRAD:
         # d focus / dx = γ·base^(γ-1)·(-dp_t/dx), 0 where γ = 0 (torch.pow's backward)
         dp_t = y * (p * p_neg) + (1.0 - y) * dq
-        dfocus = tl.where(gamma == 0, 0.0, gamma * power(base, gamma - 1.0)) * -dp_t
-        grad = tl.fma(ce, dfocus, grad)
+        if INTEGER_GAMMA > 0:
+            grad = tl.fma(ce, INTEGER_GAMMA * integer_power(base, INTEGER_GAMMA - 1) * -dp_t, grad)
+        elif INTEGER_GAMMA < 0:
+            dfocus = tl.where(gamma == 0, 0.0, gamma * power(base, gamma - 1.0)) * -dp_t
+            grad = tl.fma(ce, dfocus, grad)
     if ALPHA_WEIGHT:
         alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y)
         loss = loss * alpha_t

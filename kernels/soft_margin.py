@@ -56,6 +56,14 @@ def tiles_even(rows: int, cols: int, span: int, block_r: int) -> bool:
     return cols % span == 0 and rows % block_r == 0
 
 
+def integer_gamma(gamma_pos: float, gamma_neg: float, largest: int = 8) -> int:
+    """The focusing exponent as the kernels' INTEGER_GAMMA: γ where γ+ = γ- = γ is an integer in
+    [0, largest] (powers by products), else -1 (powers by lg2 and ex2)."""
+    if gamma_pos == gamma_neg and float(gamma_pos).is_integer() and 0 <= gamma_pos <= largest:
+        return int(gamma_pos)
+    return -1
+
+
 def _compute_dtype(tensor) -> tl.dtype:
     """float64 arithmetic for float64 data, float32 for everything else."""
     return tl.float64 if tensor.element_size() == 8 else tl.float32
@@ -79,6 +87,7 @@ _forward_heuristics = triton.heuristics(
         "SMOOTH": lambda args: args["label_smoothing"] != 0,
         "ALPHA_WEIGHT": lambda args: args["alpha"] >= 0,
         "CLIP": lambda args: args["clip"] > 0,
+        "INTEGER_GAMMA": lambda args: integer_gamma(args["gamma_pos"], args["gamma_neg"]),
         "WRITE_GRAD": lambda args: args["GRAD"] is not None,
         "WRITE_LOSS": lambda args: args["LOSS"] is not None,
         "WRITE_PARTIAL": lambda args: args["PARTIAL"] is not None,
@@ -107,13 +116,14 @@ def elementwise_loss(
     ALPHA_WEIGHT: tl.constexpr,
     CLIP: tl.constexpr,
     FOCUS_GRAD: tl.constexpr,
+    INTEGER_GAMMA: tl.constexpr,
     PRECISE: tl.constexpr,
 ):
     """(unweighted loss, d loss / dx) of LOSS_FORM at logits x, targets y, pos_weight p (compute dtype)."""
     if LOSS_FORM == "focal" or LOSS_FORM == "asymmetric":
         loss, grad = focal_bce(
             x, y, alpha, gamma_pos, gamma_neg, clip, log_eps,
-            LOSS_FORM == "asymmetric", ALPHA_WEIGHT, CLIP, FOCUS_GRAD, PRECISE,
+            LOSS_FORM == "asymmetric", ALPHA_WEIGHT, CLIP, FOCUS_GRAD, INTEGER_GAMMA, PRECISE,
         )  # fmt: skip
     else:
         if SMOOTH:
@@ -178,6 +188,7 @@ def soft_margin_forward_kernel(
     SMOOTH: tl.constexpr,
     ALPHA_WEIGHT: tl.constexpr,
     CLIP: tl.constexpr,
+    INTEGER_GAMMA: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr,
     WRITE_PARTIAL: tl.constexpr,
@@ -200,7 +211,8 @@ def soft_margin_forward_kernel(
     label_smoothing: ε of the smoothed target y·(1 - ε) + ε/2 (SMOOTH: ε ≠ 0; "mlsm" and "bce" forms).
     ignore_value: with IGNORE, a dense target equal to it gives loss 0 and gradient 0 ("mlsm", "bce").
     alpha, gamma_pos, gamma_neg, clip, log_eps: the "focal" and "asymmetric" forms' (focal_bce);
-             ALPHA_WEIGHT: alpha ≥ 0; CLIP: clip > 0; FOCUS_GRAD: differentiate the focusing factor too.
+             ALPHA_WEIGHT: alpha ≥ 0; CLIP: clip > 0; FOCUS_GRAD: differentiate the focusing factor too;
+             INTEGER_GAMMA: gamma_pos = gamma_neg, an integer (else -1): powers by products.
     SPAN:    columns per program (span_for(C)); LOSS_FORM: "mlsm" (MultiLabelSoftMarginLoss's formula),
              "bce" (BCEWithLogitsLoss's), "focal" (torchvision's sigmoid_focal_loss) or "asymmetric" (ASL);
     PRECISE: the elementwise math's precision, False only where both the loss and the gradient are 16-bit.
@@ -235,7 +247,7 @@ def soft_margin_forward_kernel(
                 y = mark_positives(INDICES, first, inside, cols, BLOCK_R, BLOCK_C, COMPUTE_DTYPE)
                 loss, grad = elementwise_loss(
                     x, y, p, label_smoothing, alpha, gamma_pos, gamma_neg, clip, log_eps,
-                    LOSS_FORM, SMOOTH, HAS_POS_WEIGHT, ALPHA_WEIGHT, CLIP, FOCUS_GRAD, PRECISE,
+                    LOSS_FORM, SMOOTH, HAS_POS_WEIGHT, ALPHA_WEIGHT, CLIP, FOCUS_GRAD, INTEGER_GAMMA, PRECISE,
                 )  # fmt: skip
             elif (LOSS_FORM == "mlsm" or LOSS_FORM == "bce") and not SMOOTH:
                 # both torch formulas are softplus(x) at a 0 target, NaN at x = -inf
@@ -243,13 +255,13 @@ def soft_margin_forward_kernel(
             else:
                 loss, grad = elementwise_loss(
                     x, tl.zeros_like(x), p, label_smoothing, alpha, gamma_pos, gamma_neg, clip, log_eps,
-                    LOSS_FORM, SMOOTH, HAS_POS_WEIGHT, ALPHA_WEIGHT, CLIP, FOCUS_GRAD, PRECISE,
+                    LOSS_FORM, SMOOTH, HAS_POS_WEIGHT, ALPHA_WEIGHT, CLIP, FOCUS_GRAD, INTEGER_GAMMA, PRECISE,
                 )  # fmt: skip
         else:
             y = load_tile(Y + rows[:, None] * stride_y_row + cols[None, :] * stride_y_col, mask, 0, EVEN)
             loss, grad = elementwise_loss(
                 x, y.to(COMPUTE_DTYPE), p, label_smoothing, alpha, gamma_pos, gamma_neg, clip, log_eps,
-                LOSS_FORM, SMOOTH, HAS_POS_WEIGHT, ALPHA_WEIGHT, CLIP, FOCUS_GRAD, PRECISE,
+                LOSS_FORM, SMOOTH, HAS_POS_WEIGHT, ALPHA_WEIGHT, CLIP, FOCUS_GRAD, INTEGER_GAMMA, PRECISE,
             )  # fmt: skip
             if IGNORE:  # compared in the target's own dtype, before any smoothing; NaN logits included
                 known = y != ignore_value
