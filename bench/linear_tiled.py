@@ -37,9 +37,9 @@ import triton.language as tl
 from torch import Tensor
 
 from softmargin_triton.backend import TRITON_INTERPRETED
+from softmargin_triton.common import dot_precision
 from softmargin_triton.kernels.sigmoid_bce import sigmoid_bce
 from softmargin_triton.kernels.tiles import logits_tile, mark_positives, operand_block, positives_in_range
-from softmargin_triton.linear_soft_margin import dot_precision
 from softmargin_triton.soft_margin import soft_margin_scale_grad_
 from softmargin_triton.sparse_targets import SparseTargets
 

@@ -43,6 +43,12 @@ def precise_math(input_dtype: torch.dtype, loss_dtype: torch.dtype) -> bool:
     return not (input_dtype in half and loss_dtype in half)
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision for a GEMM kernel's operands of `dtype`: float32 uses tf32 only where torch's
+    own matmuls would (torch.backends.cuda.matmul.allow_tf32)."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
 def rows_view(tensor: Tensor, shape: torch.Size, cols: int) -> Tensor | None:
     """`tensor` broadcast to `shape` and viewed as (numel/cols, cols) without a copy, or None if no view
     exists (leading dimensions whose strides do not merge)."""

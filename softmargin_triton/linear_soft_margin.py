@@ -13,6 +13,7 @@ Layers, bottom up:
 
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +24,14 @@ from softmargin_triton.common import (
     FLOAT_DTYPES,
     check_label_smoothing,
     compute_dtype,
+    dot_precision,
     launch,
     precise_math,
     resolve_reduction,
     rows_view,
     strides_2d,
 )
+from softmargin_triton.fused_sgd import FusedClassifierSGD, check_owner, sgd_update_chunk_
 from softmargin_triton.reference import (
     linear_soft_margin_chunk_reference,
     reduce_row_sums,
@@ -68,11 +71,6 @@ def chunk_labels(rows: int, num_labels: int, bytes_per_element: int) -> int:
 # --------------------------------------------------------------------------------------------------------
 # One chunk: Triton kernel or plain torch
 # --------------------------------------------------------------------------------------------------------
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    # float32 inputs use tf32 only where torch's own matmuls would (torch.backends.cuda.matmul.allow_tf32).
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _positive_keys(indptr: Tensor, indices: Tensor) -> tuple[Tensor, int]:
@@ -175,6 +173,83 @@ def _target_chunk_from_positives(
 # --------------------------------------------------------------------------------------------------------
 
 
+def _gradient_chunks(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
+    label_weight: Tensor | None,
+    pos_weight: Tensor | None,
+    row_scale: Tensor | None,
+    label_offset: int,
+    out_dtype: torch.dtype,
+    use_triton: bool,
+    label_smoothing: float,
+    with_grad: bool,
+    row_sums: Tensor,
+) -> Iterator[tuple[int, int, Tensor | None]]:
+    """The chunk loop: for each label chunk [start, stop) sized to the scratch budget, adds the rows'
+    weighted loss over it to `row_sums` (R,) and yields (start, stop, G), G the (R, stop - start) gradient
+    w.r.t. the chunk's logits (times row_scale) in input's dtype, or None unless with_grad. G's buffer is
+    reused by the next chunk. The operands are linear_soft_margin_forward's."""
+    rows = input.shape[0]
+    num_labels = weight.shape[0]
+    # Kernel: one G buffer in input's dtype. Torch: G plus its elementwise temporaries.
+    bytes_per_element = (
+        input.element_size() if use_triton else _REFERENCE_TEMPORARIES * compute_dtype(input.dtype).itemsize
+    )
+    chunk = chunk_labels(rows, num_labels, bytes_per_element)
+    grad_buffer = input.new_empty((rows, chunk)) if with_grad and use_triton else None
+    rows_of_positives = None if indptr is None or use_triton else positive_rows(indptr, indices.numel())
+    positive_keys = None if indptr is None or not use_triton else _positive_keys(indptr, indices)
+    for start in range(0, num_labels, chunk):
+        stop = min(start + chunk, num_labels)
+        if use_triton:
+            grad = None if grad_buffer is None else grad_buffer[:, : stop - start]
+            row_sums += _chunk_triton(
+                input,
+                weight,
+                bias,
+                target,
+                positive_keys,
+                indices,
+                label_weight,
+                pos_weight,
+                row_scale,
+                grad,
+                start,
+                stop,
+                label_offset,
+                out_dtype,
+                label_smoothing,
+            )
+        else:
+            target_chunk = (
+                target[:, start:stop]
+                if target is not None
+                else _target_chunk_from_positives(
+                    rows_of_positives, indices, rows, label_offset + start, label_offset + stop, input.dtype
+                )
+            )
+            if label_smoothing:
+                # In the compute dtype, as the kernel's FMA: input's 16-bit dtype would round 1 - ε/2.
+                target_chunk = target_chunk.to(row_sums.dtype) * (1 - label_smoothing) + label_smoothing / 2
+            row_loss, grad = linear_soft_margin_chunk_reference(
+                input,
+                weight[start:stop],
+                None if bias is None else bias[start:stop],
+                target_chunk,
+                None if label_weight is None else label_weight[:, start:stop],
+                None if pos_weight is None else pos_weight[:, start:stop],
+                row_scale,
+                with_grad,
+            )
+            row_sums += row_loss
+        yield start, stop, grad
+
+
 @torch.library.custom_op("softmargin_triton::linear_soft_margin_forward", mutates_args=())
 def linear_soft_margin_forward(
     input: Tensor,
@@ -217,62 +292,28 @@ def linear_soft_margin_forward(
     grad_input = input.new_empty((rows, dim) if input_grad else (0,))
     grad_weight = weight.new_empty((num_labels, dim) if weight_grad else (0,))
     grad_bias = weight.new_empty((num_labels,) if bias_grad else (0,))
-    with_grad = input_grad or weight_grad or bias_grad
-    # Kernel: one G buffer in input's dtype. Torch: G plus its elementwise temporaries.
-    bytes_per_element = (
-        input.element_size() if use_triton else _REFERENCE_TEMPORARIES * accumulate_dtype.itemsize
-    )
-    chunk = chunk_labels(rows, num_labels, bytes_per_element)
     row_sums = torch.zeros(rows, dtype=accumulate_dtype, device=input.device)
     grad_input_sum = (
         torch.zeros((rows, dim), dtype=accumulate_dtype, device=input.device) if input_grad else None
     )
-    grad_buffer = input.new_empty((rows, chunk)) if with_grad and use_triton else None
-    rows_of_positives = None if indptr is None or use_triton else positive_rows(indptr, indices.numel())
-    positive_keys = None if indptr is None or not use_triton else _positive_keys(indptr, indices)
-    for start in range(0, num_labels, chunk):
-        stop = min(start + chunk, num_labels)
-        if use_triton:
-            grad = None if grad_buffer is None else grad_buffer[:, : stop - start]
-            row_sums += _chunk_triton(
-                input,
-                weight,
-                bias,
-                target,
-                positive_keys,
-                indices,
-                label_weight,
-                pos_weight,
-                row_scale,
-                grad,
-                start,
-                stop,
-                label_offset,
-                out_dtype,
-                label_smoothing,
-            )
-        else:
-            target_chunk = (
-                target[:, start:stop]
-                if target is not None
-                else _target_chunk_from_positives(
-                    rows_of_positives, indices, rows, label_offset + start, label_offset + stop, input.dtype
-                )
-            )
-            if label_smoothing:
-                # In the compute dtype, as the kernel's FMA: input's 16-bit dtype would round 1 - ε/2.
-                target_chunk = target_chunk.to(accumulate_dtype) * (1 - label_smoothing) + label_smoothing / 2
-            row_loss, grad = linear_soft_margin_chunk_reference(
-                input,
-                weight[start:stop],
-                None if bias is None else bias[start:stop],
-                target_chunk,
-                None if label_weight is None else label_weight[:, start:stop],
-                None if pos_weight is None else pos_weight[:, start:stop],
-                row_scale,
-                with_grad,
-            )
-            row_sums += row_loss
+    chunks = _gradient_chunks(
+        input,
+        weight,
+        bias,
+        target,
+        indptr,
+        indices,
+        label_weight,
+        pos_weight,
+        row_scale,
+        label_offset,
+        out_dtype,
+        use_triton,
+        label_smoothing,
+        input_grad or weight_grad or bias_grad,
+        row_sums,
+    )
+    for start, stop, grad in chunks:
         # grad_scale enters in fp32, as GEMM alpha and on the fp32 sums, never in G itself.
         if input_grad:
             grad_input_sum += grad @ weight[start:stop]
@@ -300,6 +341,86 @@ def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, ro
     )
 
 
+@torch.library.custom_op(
+    "softmargin_triton::linear_soft_margin_sgd_backward",
+    mutates_args=("weight", "bias", "weight_momentum", "bias_momentum", "weight_master", "bias_master"),
+)
+def linear_soft_margin_sgd_backward(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
+    label_weight: Tensor | None,
+    pos_weight: Tensor | None,
+    row_scale: Tensor,
+    input_grad: bool,
+    use_triton: bool,
+    label_smoothing: float,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    weight_momentum: Tensor | None,
+    bias_momentum: Tensor | None,
+    weight_master: Tensor | None,
+    bias_master: Tensor | None,
+    rounding_stream: int,
+) -> Tensor:
+    """The backward of the fused linear loss under FusedClassifierSGD: grad_input, and an SGD step of
+    weight and bias in place, chunk by chunk, from the gradient of Σ_rows row_scale·(row's weighted
+    elementwise loss); the (L, D) weight gradient is never formed.
+
+    Operands as linear_soft_margin_forward's (whole classifier, no label shard); row_scale (R,) is
+    grad_output times the reduction's factor. The step (fused_sgd.sgd_update_chunk_) reads the
+    hyperparameters and the FusedClassifierSGD's buffers, (L, D) and (L,) float32 or None, and rounds a
+    bfloat16 weight stochastically with `rounding_stream` when it is ≥ 0 (-1: round to nearest). Each
+    chunk's share of grad_input uses the chunk's weights before its step. Returns grad_input (R, D) in
+    input's dtype, or an empty tensor unless input_grad.
+    """
+    rows, dim = input.shape
+    grad_input_sum = torch.zeros((rows, dim), dtype=compute_dtype(input.dtype), device=input.device)
+    buffers = (weight_momentum, bias_momentum, weight_master, bias_master)
+    chunks = _gradient_chunks(
+        input,
+        weight,
+        bias,
+        target,
+        indptr,
+        indices,
+        label_weight,
+        pos_weight,
+        row_scale,
+        0,
+        input.dtype,
+        use_triton,
+        label_smoothing,
+        True,
+        torch.zeros(rows, dtype=grad_input_sum.dtype, device=input.device),
+    )
+    for start, stop, grad in chunks:
+        if input_grad:
+            grad_input_sum += grad @ weight[start:stop]
+        sgd_update_chunk_(
+            grad,
+            input,
+            weight,
+            bias,
+            buffers,
+            start,
+            stop,
+            (lr, momentum, weight_decay),
+            None if rounding_stream < 0 else rounding_stream,
+            use_triton,
+        )
+    return grad_input_sum.to(input.dtype) if input_grad else input.new_empty((0,))
+
+
+@linear_soft_margin_sgd_backward.register_fake
+def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, row_scale, input_grad, *rest):
+    return input.new_empty(input.shape if input_grad else (0,))
+
+
 # --------------------------------------------------------------------------------------------------------
 # Autograd
 # --------------------------------------------------------------------------------------------------------
@@ -314,6 +435,8 @@ class LinearSoftMarginFunction(torch.autograd.Function):
     compute the gradients in the forward and scale them in the backward. 'none', and fp16 (whose unscaled
     gradients could overflow, and scaled ones underflow before a GradScaler's factor arrives), recompute
     in the backward with grad_output · the reduction's factor as each row's factor, as torch's G holds it.
+    With `fused_sgd` the forward computes the loss only and the backward recomputes the chunks, steps the
+    classifier with them (linear_soft_margin_sgd_backward) and returns no weight or bias gradient.
     """
 
     @staticmethod
@@ -334,17 +457,19 @@ class LinearSoftMarginFunction(torch.autograd.Function):
         label_offset,
         loss_labels,
         label_smoothing=0.0,
+        fused_sgd=None,
     ):
         operands = (input, weight, bias, target, indptr, indices, label_weight, pos_weight)
         ctx.reduction, ctx.out_dtype, ctx.use_triton = reduction, out_dtype, use_triton
         ctx.labels = (label_offset, loss_labels)
         ctx.label_smoothing = label_smoothing
+        ctx.fused_sgd = fused_sgd
         needs = tuple(
             grad_enabled and need and t is not None
             for t, need in zip((input, weight, bias), ctx.needs_input_grad[:3], strict=True)
         )
         ctx.needs = needs
-        ctx.recompute = reduction == "none" or input.dtype == torch.float16
+        ctx.recompute = reduction == "none" or input.dtype == torch.float16 or fused_sgd is not None
         scale = reduction_grad_scale("mlsm", reduction, input.shape[0], loss_labels)
         ctx.scale = scale
         wants = (False, False, False) if ctx.recompute else needs
@@ -358,32 +483,58 @@ class LinearSoftMarginFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        if not ctx.recompute:
-            # In place, so a second backward through the same graph fails autograd's version check.
-            grads = ctx.saved_tensors
-            for grad in grads:
-                if grad is not None and grad.numel() > 0:
-                    soft_margin_scale_grad_(grad.view(-1, grad.shape[-1]), grad_loss, 1.0, ctx.use_triton)
-        else:
-            operands = ctx.saved_tensors
-            input = operands[0]
-            row_dtype = compute_dtype(input.dtype)
-            row_scale = (grad_loss.to(row_dtype) * ctx.scale).expand(input.shape[0]).contiguous()
-            _, *grads = linear_soft_margin_forward(
-                *operands,
-                row_scale,
-                1.0,
-                *ctx.labels,
-                *ctx.needs,
-                "none",
-                ctx.out_dtype,
-                ctx.use_triton,
-                ctx.label_smoothing,
+        # Checked here: once_differentiable runs the body under no_grad, where create_graph cannot be seen.
+        if ctx.fused_sgd is not None and torch.is_grad_enabled():
+            raise RuntimeError(
+                "FusedClassifierSGD steps the classifier inside the backward, which cannot build a graph "
+                "for a higher-order gradient: call backward without create_graph=True"
             )
-            grads = [grad if need else None for grad, need in zip(grads, ctx.needs, strict=True)]
-        return (*grads, *[None] * 12)
+        return _linear_soft_margin_backward(ctx, grad_loss)
+
+
+@torch.autograd.function.once_differentiable
+def _linear_soft_margin_backward(ctx, grad_loss):
+    """LinearSoftMarginFunction's backward."""
+    if not ctx.recompute:
+        # In place, so a second backward through the same graph fails autograd's version check.
+        grads = ctx.saved_tensors
+        for grad in grads:
+            if grad is not None and grad.numel() > 0:
+                soft_margin_scale_grad_(grad.view(-1, grad.shape[-1]), grad_loss, 1.0, ctx.use_triton)
+        return (*grads, *[None] * 13)
+    # A second backward through the graph fails here: the step bumped the saved weight's version.
+    operands = ctx.saved_tensors
+    input = operands[0]
+    row_dtype = compute_dtype(input.dtype)
+    row_scale = (grad_loss.to(row_dtype) * ctx.scale).expand(input.shape[0]).contiguous()
+    if ctx.fused_sgd is not None:
+        optimizer = ctx.fused_sgd
+        stream = optimizer.next_rounding_stream()
+        grad_input = linear_soft_margin_sgd_backward(
+            *operands,
+            row_scale,
+            ctx.needs[0],
+            ctx.use_triton,
+            ctx.label_smoothing,
+            *optimizer.hyperparameters(),
+            *optimizer.step_buffers(),
+            -1 if stream is None else stream,
+        )
+        return (grad_input if ctx.needs[0] else None, *[None] * 15)
+    _, *grads = linear_soft_margin_forward(
+        *operands,
+        row_scale,
+        1.0,
+        *ctx.labels,
+        *ctx.needs,
+        "none",
+        ctx.out_dtype,
+        ctx.use_triton,
+        ctx.label_smoothing,
+    )
+    grads = [grad if need else None for grad, need in zip(grads, ctx.needs, strict=True)]
+    return (*grads, *[None] * 13)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -474,6 +625,7 @@ def linear_multilabel_soft_margin_loss(
     pos_weight: Tensor | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    fused_sgd: FusedClassifierSGD | None = None,
 ) -> Tensor:
     """`multilabel_soft_margin_loss(F.linear(input, weight, bias), target, weight=label_weight)` without
     ever forming the (..., L) logits, nor their gradient.
@@ -489,6 +641,9 @@ def linear_multilabel_soft_margin_loss(
         label_smoothing: ε in [0, 1): the loss against targets y·(1 − ε) + ε/2 (Keras' BinaryCrossentropy),
             formed from each loaded target in fp32, never as a (..., L) tensor; a SparseTargets' positives
             at 1 − ε/2 and every other label at ε/2.
+        fused_sgd: the FusedClassifierSGD that owns `weight` and `bias`: the backward then takes its step
+            on them chunk by chunk instead of returning their gradients (softmargin_triton/fused_sgd.py says
+            what that means). Used only with grad enabled and a weight that requires grad.
 
     Returns:
         The loss, in the type promotion of input, target (input's dtype for SparseTargets) and label_weight.
@@ -497,7 +652,17 @@ def linear_multilabel_soft_margin_loss(
     """
     reduction = resolve_reduction(None, None, reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
+    if fused_sgd is not None and not (torch.is_grad_enabled() and weight.requires_grad):
+        fused_sgd = None  # nothing will be stepped
+    if fused_sgd is not None:
+        check_owner(fused_sgd, weight, bias)
+    classifier = weight
     input, weight, bias = autocast_operands(input, weight, bias)
+    if fused_sgd is not None and weight is not classifier:
+        raise TypeError(
+            f"autocast would run the classifier as a {weight.dtype} copy, which FusedClassifierSGD cannot "
+            f"step: keep the {classifier.dtype} classifier in the autocast dtype"
+        )
     num_labels = weight.shape[0]
     out_dtype = check_operands(input, weight, target, bias, label_weight, pos_weight, num_labels)
     shape = (*input.shape[:-1], num_labels)
@@ -520,6 +685,11 @@ def linear_multilabel_soft_margin_loss(
     ):
         # Gradients for the target or weights, an empty problem, or a target or weights with leading
         # dimensions that no (rows, L) view can express: torch's own path over the logits.
+        if fused_sgd is not None:
+            raise ValueError(
+                "FusedClassifierSGD needs the chunked path: no gradient for the target or weights, a "
+                "non-empty problem and targets and weights that view as (rows, L)"
+            )
         logits = F.linear(input, weight, bias)
         dense = target.to_dense(input.dtype) if sparse else target
         if label_smoothing:
@@ -552,6 +722,7 @@ def linear_multilabel_soft_margin_loss(
             0,
             num_labels,
             label_smoothing,
+            fused_sgd,
         )
     return loss.view(input.shape[:-1]) if reduction == "none" else loss
 
@@ -587,7 +758,8 @@ class LinearMultiLabelSoftMarginLoss(nn.Module):
 
     `forward(input, target)` returns the loss of `input` (..., in_features) against `target` (dense
     (..., num_labels) or SparseTargets) without forming the logits; `logits(input)` and the streaming
-    `topk(input, k)` serve inference.
+    `topk(input, k)` serve inference. `fused_optimizer` is the FusedClassifierSGD attached to the head
+    (it attaches itself), which steps the classifier in the backward of a loss computed in training mode.
     """
 
     def __init__(
@@ -610,6 +782,7 @@ class LinearMultiLabelSoftMarginLoss(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_labels, device=device, dtype=dtype)) if bias else None
         self.register_buffer("label_weight", label_weight)
         self.register_buffer("pos_weight", pos_weight)
+        self.fused_optimizer: FusedClassifierSGD | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -629,6 +802,7 @@ class LinearMultiLabelSoftMarginLoss(nn.Module):
             pos_weight=self.pos_weight,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
+            fused_sgd=self.fused_optimizer if self.training else None,
         )
 
     def logits(self, input: Tensor) -> Tensor:

@@ -16,9 +16,12 @@ __all__ = [
     "Focusing",
     "elementwise_form",
     "linear_soft_margin_chunk_reference",
+    "mix32",
     "reduce_row_sums",
     "reduction_grad_scale",
+    "sgd_step_reference",
     "soft_margin_reference",
+    "stochastic_round_bfloat16",
 ]
 
 # Which loss a call computes: MultiLabelSoftMarginLoss, BCEWithLogitsLoss, torchvision's sigmoid_focal_loss
@@ -222,3 +225,62 @@ def linear_soft_margin_chunk_reference(
     if grad is not None:
         grad = (grad if row_scale is None else grad * row_scale[:, None]).to(input.dtype)
     return loss.sum(dim=1), grad
+
+
+# The stochastic rounding's hash, as kernels/fused_sgd.py computes it (tests/test_fused_sgd.py checks that
+# the two agree bit for bit): a multiply–xorshift finaliser of 32-bit words, emulated in int64.
+_HASH_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
+_HIGH_WORD_MULTIPLIER = 0x9E3779B9
+_WORD = 0xFFFFFFFF
+
+
+def mix32(x: Tensor) -> Tensor:
+    """kernels/fused_sgd.py's mix32 on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = (x * _HASH_MULTIPLIERS[0]) & _WORD  # int64 products wrap, their low 32 bits stay exact
+    x = x ^ (x >> 15)
+    x = (x * _HASH_MULTIPLIERS[1]) & _WORD
+    return x ^ (x >> 16)
+
+
+def stochastic_round_bfloat16(values: Tensor, element_ids: Tensor, rounding_stream: int) -> Tensor:
+    """float32 `values` rounded to bfloat16 up or down at random, unbiased, with the kernel's random bits:
+    element_ids (int64, values' shape) number the elements, rounding_stream (a uint32) keys the step."""
+    low, high = element_ids & _WORD, element_ids >> 32
+    key = (rounding_stream + high * _HIGH_WORD_MULTIPLIER) & _WORD
+    noise = mix32(low ^ key) >> 16
+    bits = values.view(torch.int32).to(torch.int64) & _WORD
+    rounded = ((bits + noise) & 0xFFFF0000).to(torch.int32)  # two's complement keeps the sign bit
+    return torch.where(values.isnan(), values, rounded.view(torch.float32)).to(torch.bfloat16)
+
+
+def sgd_step_reference(
+    param: Tensor,
+    grad: Tensor,
+    momentum_buffer: Tensor | None,
+    master: Tensor | None,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    rounding_stream: int | None,
+    element_ids: Tensor | None,
+) -> None:
+    """torch.optim.SGD's step (dampening 0, no Nesterov) in place, as kernels/fused_sgd.py's sgd_step does.
+
+    param (n, ...) any float dtype; grad its gradient in float32 (float64 for float64 param);
+    momentum_buffer and master param's shape in grad's dtype, or None. The step is d = grad +
+    weight_decay·w, m = momentum·m + d, w -= lr·m, on w = master if given (which receives the new w), else
+    param. param receives the new w rounded to nearest, or stochastically (`stochastic_round_bfloat16` with
+    `rounding_stream` and `element_ids`) when rounding_stream is not None.
+    """
+    w = master if master is not None else param.to(grad.dtype)
+    step = grad + weight_decay * w if weight_decay else grad
+    if momentum_buffer is not None:
+        step = momentum_buffer.mul_(momentum).add_(step)
+    w = w - lr * step
+    if master is not None:
+        master.copy_(w)
+    if rounding_stream is not None:
+        param.copy_(stochastic_round_bfloat16(w, element_ids, rounding_stream))
+    else:
+        param.copy_(w)
