@@ -49,17 +49,30 @@ def mix32(x):
 
 
 @triton.jit
+def bf16_from_bits(values, addend):
+    """fp32 `values` to bfloat16 by adding `addend` (uint32) to their bits and dropping the low 16: a carry
+    rounds the magnitude up. NaN stays NaN (its bits could carry into the sign)."""
+    bits = values.to(tl.uint32, bitcast=True) + addend
+    rounded = (bits & tl.full((), 0xFFFF0000, tl.uint32)).to(tl.float32, bitcast=True)
+    return tl.where(values != values, values, rounded).to(tl.bfloat16)  # exact: the low bits are zero
+
+
+@triton.jit
 def stochastic_round_bf16(values, element_ids, rounding_stream):
-    """fp32 `values` rounded to bfloat16 up or down at random, unbiased: the 16 bits bfloat16 drops are
-    compared with 16 random bits of (rounding_stream, element id) by adding them, a carry rounding up.
-    NaN stays NaN (its bits could carry into the sign)."""
+    """fp32 `values` rounded to bfloat16 up or down at random, unbiased: the 16 dropped bits are compared
+    with 16 random bits of (rounding_stream, element id) by adding them."""
     low = element_ids.to(tl.uint32)  # the low 32 bits
     high = (element_ids >> 32).to(tl.uint32)
     key = rounding_stream.to(tl.uint32) + high * tl.full((), HIGH_WORD_MULTIPLIER, tl.uint32)
-    noise = mix32(low ^ key) >> 16
+    return bf16_from_bits(values, mix32(low ^ key) >> 16)
+
+
+@triton.jit
+def nearest_bf16(values):
+    """fp32 `values` rounded to the nearest bfloat16, ties to even. Through the bits because Triton's CPU
+    interpreter truncates a float32 → bfloat16 cast (compiled code rounds to nearest either way)."""
     bits = values.to(tl.uint32, bitcast=True)
-    rounded = ((bits + noise) & tl.full((), 0xFFFF0000, tl.uint32)).to(tl.float32, bitcast=True)
-    return tl.where(values != values, values, rounded).to(tl.bfloat16)
+    return bf16_from_bits(values, 0x7FFF + ((bits >> 16) & 1))
 
 
 @triton.jit
@@ -99,6 +112,8 @@ def sgd_step(
         tl.store(MASTER + offsets, w, mask=mask)
     if STOCHASTIC_ROUNDING:
         tl.store(PARAM, stochastic_round_bf16(w, element_ids, rounding_stream), mask=mask)
+    elif PARAM.dtype.element_ty == tl.bfloat16:
+        tl.store(PARAM, nearest_bf16(w), mask=mask)
     else:
         tl.store(PARAM, w.to(PARAM.dtype.element_ty), mask=mask)
 
