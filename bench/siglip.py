@@ -33,11 +33,9 @@ as bench/unpack.py spells it (h200.csv).
 """
 
 import argparse
-import ctypes
 import json
 import multiprocessing
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,14 +49,21 @@ except ImportError as error:
     ) from error
 import torch
 import torch.nn.functional as F
-from timing import cpu_model, environment, log, sample_ms  # bench/timing.py, beside this script
+from timing import (  # bench/timing.py, beside this script
+    cpu_model,
+    device_name,
+    environment,
+    fix_malloc_thresholds,
+    log,
+    peak_extra_bytes,
+    sample_ms,
+)
 from torch import Tensor
 
 import softmargin_triton as st
 from softmargin_triton.backend import use_triton_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 def formula(image_features, text_features, logit_scale, logit_bias):
@@ -80,35 +85,6 @@ def chunked_formula(image_features, text_features, logit_scale, logit_bias, bloc
         labels = torch.where(rows[:, None] == rows[None, start : start + block], 1.0, -1.0).to(logits.dtype)
         total = total + -F.logsigmoid(labels * logits).sum()
     return total / batch
-
-
-def fix_malloc_thresholds() -> None:
-    """Freed tensors of 64 KiB and more go back to the system at once (glibc), so that a call's peak
-    resident set counts its own allocations, not pages an earlier call freed and this one reused."""
-    libc = ctypes.CDLL("libc.so.6")
-    if not (libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024) and libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024)):
-        raise RuntimeError("mallopt refused the thresholds: CPU peak memory would be unreliable")
-
-
-def _status_bytes(field: str) -> int:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
-    return int(line.split()[1]) * 1024  # kB
-
-
-def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:
-    """The most `fn` holds at once beyond what existed when it started (see the module docstring)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free pages left resident by earlier calls go back first
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current resident set
-    base = _status_bytes("VmRSS:")
-    fn()
-    return _status_bytes("VmHWM:") - base
 
 
 def unit_features(batch: int, dim: int, dtype: torch.dtype, device: str) -> list[Tensor]:
@@ -140,14 +116,6 @@ def measure(what: str, loss_fn: Callable, leaves: list[Tensor], device: str, sam
         return peak_extra_bytes(step, device)
     finally:
         clear_grads()
-
-
-def device_name(device: str) -> str:
-    """cpu, or the GPU's name as bench/unpack.py spells it: 'NVIDIA H200' → 'h200'."""
-    if device != "cuda":
-        return "cpu"
-    name = re.sub(r"^nvidia\s+", "", torch.cuda.get_device_name(), flags=re.IGNORECASE)
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def run_pass(what: str, args: argparse.Namespace, device: str) -> dict[tuple[int, str], object]:

@@ -1,16 +1,25 @@
 """What the bench scripts share (they import it from beside themselves): the timer, provenance (the
-commit, the machine, versions), the Zipf sampler of their sparse targets, and the tqdm import with its
-fallback.
+commit, the machine, versions), the Zipf sampler of their sparse targets, the peak-memory probe, and the
+tqdm import with its fallback.
 
 `sample_ms` times only the call under test: an optional untimed `setup` runs before each sample (the
 forward whose backward is timed, clearing .grad), and on CUDA a 256 MiB buffer is zeroed between samples
 so that no sample starts with its operands in L2, as triton's do_bench does. It takes at least
 `min_samples` samples (the 20/80 quantiles need some) and more while the samples total less than
 `target_ms`, up to `max_samples`.
+
+`peak_extra_bytes` measures the most a call holds at once beyond what existed when it started: on CUDA
+torch.cuda.max_memory_allocated; on a CPU the process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs before the call, after malloc_trim has handed back the free pages earlier calls left)
+above its resident set at the start. On a CPU call `fix_malloc_thresholds` first (malloc's mmap threshold
+fixed at 64 KiB, so that tensors freed within the call leave the resident set instead of being reused
+unseen); it makes every allocation map and fault in fresh pages, so keep it out of processes that time.
 """
 
+import ctypes
 import datetime
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -32,7 +41,22 @@ except ImportError:  # the GPU machines' image has pandas, matplotlib and pytest
 QUANTILES = (0.5, 0.2, 0.8)
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["QUANTILES", "cpu_model", "environment", "git_commit", "log", "sample_ms", "tqdm", "zipf_padded"]
+__all__ = [
+    "QUANTILES",
+    "cpu_model",
+    "device_name",
+    "environment",
+    "fix_malloc_thresholds",
+    "git_commit",
+    "held_bytes",
+    "log",
+    "peak_extra_bytes",
+    "sample_ms",
+    "tqdm",
+    "zipf_padded",
+]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 def git_commit() -> str:
@@ -139,6 +163,51 @@ def sample_ms(
         end.record()
     torch.cuda.synchronize()
     return _quantiles([start.elapsed_time(end) for start, end in events])
+
+
+def device_name(device: str) -> str:
+    """cpu, or the GPU's name as bench/unpack.py spells it: 'NVIDIA H200' → 'h200'."""
+    if device != "cuda":
+        return "cpu"
+    name = re.sub(r"^nvidia\s+", "", torch.cuda.get_device_name(), flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def fix_malloc_thresholds() -> None:
+    """Freed tensors of 64 KiB and more go back to the system at once (glibc), so that a call's peak
+    resident set counts its own allocations, not pages an earlier call freed and this one reused."""
+    libc = ctypes.CDLL("libc.so.6")
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024) and libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024)):
+        raise RuntimeError("mallopt refused the thresholds: CPU peak memory would be unreliable")
+
+
+def _status_bytes(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) * 1024  # kB
+
+
+def held_bytes(device: str) -> int:
+    """What the process holds now: on CUDA the allocator's allocated bytes; on a CPU the resident set after
+    malloc_trim has handed back the free pages."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return _status_bytes("VmRSS:")
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: str) -> int:
+    """The most `fn` holds at once beyond what existed when it started (see the module docstring)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    base = held_bytes(device)
+    if device != "cuda":
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current resident set
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    return _status_bytes("VmHWM:") - base
 
 
 def log(message: str) -> None:
