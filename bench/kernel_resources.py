@@ -15,7 +15,8 @@ integers divisible by 16 are marked so, so that loads vectorize as they would at
 From each cubin's SASS it also counts what one element costs and predicts the throughput that allows on an
 H100 and an H200 (the model of bench/sass_model.py, explained in bench/README.md): for the memory-bound
 loss kernels the steady-state loop's instructions and MUFU operations per element, for the fused linear
-kernel its epilogue's per logit against the tile's tensor-core clocks.
+kernels (the fused linear loss's chunk and the classifier's SGD update) their epilogue's per element (logit or
+weight) against the tile's tensor-core clocks.
 
 Writes sm_<arch>-triton<version>.csv into --out: kernel, variant, config (JSON), num_warps, num_stages,
 registers, stack_bytes, shared_bytes, fits_shared, mma (wgmma / mma.sync / none), ctas_per_sm,
@@ -49,7 +50,7 @@ from tqdm import tqdm
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from softmargin_triton.kernels import linear_soft_margin, soft_margin
+from softmargin_triton.kernels import fused_sgd, linear_soft_margin, soft_margin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -209,6 +210,47 @@ def _linear_tiled_args(dtype: str, rows: int, dim: int, labels: int) -> dict[str
     }
 
 
+def _sgd_update_args(dtype: str, rows: int, dim: int, chunk: int) -> dict[str, object]:
+    """classifier_sgd_update_kernel on contiguous operands, a chunk of Amazon-3M's classifier."""
+    return {
+        "G": dtype,
+        "E": dtype,
+        "W": dtype,
+        "BIAS": dtype,
+        "W_MOMENTUM": "*fp32",
+        "BIAS_MOMENTUM": "*fp32",
+        "W_MASTER": "*fp32",
+        "BIAS_MASTER": "*fp32",
+        "B": rows,
+        "D": dim,
+        "chunk_labels": chunk,
+        "label_start": chunk,
+        "num_labels": 2812416,  # Amazon-3M's 2,812,281 labels rounded up to a multiple of 256
+        "lr": 0.1,  # runtime scalars: only the flags change the code
+        "momentum": 0.9,
+        "weight_decay": 0.01,
+        "rounding_stream": 12345,
+        "stride_g_row": chunk,
+        "stride_e_row": dim,
+        "stride_e_col": 1,
+        "stride_w_row": dim,
+        "stride_w_col": 1,
+        "stride_bias": 1,
+    }
+
+
+def _sgd_update_flags(dtype: str, momentum: bool, master: bool, weight_decay: bool) -> dict[str, object]:
+    return dict(
+        DOT_PRECISION="tf32" if dtype == "*fp32" else "ieee",
+        DOT_IN_FP32=False,
+        STOCHASTIC_ROUNDING=dtype == "*bf16" and not master,
+        HAS_BIAS=True,
+        HAS_MOMENTUM=momentum,
+        HAS_MASTER=master,
+        WEIGHT_DECAY=weight_decay,
+    )
+
+
 def _scale_grad_args(dtype: str, rows: int, cols: int) -> dict[str, object]:
     return {
         "GRAD": dtype,
@@ -234,14 +276,15 @@ def _tile_constexprs(config: triton.Config, args: dict, flags: dict) -> dict:
 class Kernel:
     """A jitted kernel, its autotune configs, the launch signatures worth compiling, how a config's
     parameters become constexprs (the soft-margin kernels derive their block shape from TILE), and which
-    cost model applies: "memory" (a loop over tiles of TILE elements), "gemm" (a BLOCK_B × BLOCK_L tile
-    over D with an epilogue) or None."""
+    cost model applies: "memory" (a loop over tiles of TILE elements), "gemm" (a tile of the two block
+    sizes named in gemm_tile, reduced over the argument named third, with an epilogue) or None."""
 
     fn: object
     configs: Callable[[], list[triton.Config]]
     variants: list[Variant]
     config_constexprs: Callable[[triton.Config, dict, dict], dict]
     model: str | None
+    gemm_tile: tuple[str, str, str] = ("BLOCK_B", "BLOCK_L", "D")
 
 
 KERNELS = {
@@ -376,6 +419,34 @@ KERNELS = {
         lambda config, args, flags: dict(config.kwargs),
         model="gemm",
     ),
+    "classifier_sgd_update": Kernel(
+        fused_sgd.classifier_sgd_update_kernel,
+        fused_sgd.update_configs,
+        [
+            Variant(
+                "bf16-stochastic",
+                _sgd_update_args("*bf16", 512, 768, 65536),
+                _sgd_update_flags("*bf16", momentum=False, master=False, weight_decay=False),
+                bytes_per_element=4,  # the bf16 weight read and written; G and E are read once per tile
+                headline=True,
+            ),
+            Variant(
+                "bf16-master-momentum",
+                _sgd_update_args("*bf16", 512, 768, 65536),
+                _sgd_update_flags("*bf16", momentum=True, master=True, weight_decay=True),
+                bytes_per_element=18,  # fp32 master and momentum read and written, the bf16 weight written
+            ),
+            Variant(
+                "fp32-tf32-momentum",
+                _sgd_update_args("*fp32", 512, 768, 32768),
+                _sgd_update_flags("*fp32", momentum=True, master=False, weight_decay=True),
+                bytes_per_element=16,
+            ),
+        ],
+        lambda config, args, flags: dict(config.kwargs),
+        model="gemm",
+        gemm_tile=("BLOCK_L", "BLOCK_D", "B"),
+    ),
     "linear_soft_margin_tiled": Kernel(
         linear_soft_margin_tiled_kernel,
         tiled_configs,
@@ -474,7 +545,8 @@ def cost_model(
         elements_per_thread = program_elements / threads
     else:
         body, rare = sass_model.epilogue(instructions)
-        tile_elements = config.kwargs["BLOCK_B"] * config.kwargs["BLOCK_L"]
+        tile_rows, tile_cols, depth = kernel.gemm_tile
+        tile_elements = config.kwargs[tile_rows] * config.kwargs[tile_cols]
         elements_per_thread = tile_elements / threads
     counts = sass_model.Counts.of(body, rare)
     per_element = counts.instructions / elements_per_thread
@@ -497,7 +569,7 @@ def cost_model(
             bound, limiter, row["epilogue_clocks"], row["mma_clocks"] = sass_model.gemm_epilogue_kernel(
                 gpu,
                 tile_elements,
-                variant.args["D"],
+                variant.args[depth],
                 _gemm_operand(variant),
                 per_element,
                 ctas,

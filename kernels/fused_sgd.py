@@ -33,17 +33,18 @@ HEURISTIC_CONFIG = {"BLOCK_L": 32, "BLOCK_D": 32, "BLOCK_B": 16, "num_warps": 4}
 
 # The 32-bit integer hash of the stochastic rounding (a multiply–xorshift finaliser) and the odd constant
 # that separates the streams of element ids past 2^32; reference.py computes the same bits.
-HASH_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
-HIGH_WORD_MULTIPLIER = 0x9E3779B9
+HASH_MULTIPLIER_1 = tl.constexpr(0x7FEB352D)
+HASH_MULTIPLIER_2 = tl.constexpr(0x846CA68B)
+HIGH_WORD_MULTIPLIER = tl.constexpr(0x9E3779B9)
 
 
 @triton.jit
 def mix32(x):
     """A uint32 → uint32 bijection whose every output bit depends on every input bit."""
     x ^= x >> 16
-    x *= tl.full((), HASH_MULTIPLIERS[0], tl.uint32)
+    x *= tl.full((), HASH_MULTIPLIER_1, tl.uint32)
     x ^= x >> 15
-    x *= tl.full((), HASH_MULTIPLIERS[1], tl.uint32)
+    x *= tl.full((), HASH_MULTIPLIER_2, tl.uint32)
     x ^= x >> 16
     return x
 
