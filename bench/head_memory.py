@@ -31,7 +31,8 @@ CPU the resident set of Python, torch and what the warm-up left; on CUDA the all
                           so that freed tensors leave it);
   weights_bytes           the classifier's weight and bias; peak_minus_weights_bytes = peak - weights.
 step_s is that step's wall time (on a CPU slowed by the mmap threshold: every large tensor faults in fresh
-pages). The scratch budget is SOFTMARGIN_TRITON_SCRATCH_MB (default 64), recorded as scratch_mb.
+pages; torch runs --threads threads, default 1, as more wait on each other's unmaps). The scratch budget is
+SOFTMARGIN_TRITON_SCRATCH_MB (default 64), recorded as scratch_mb.
 
 --sweep runs each (method, L) in a fresh process (this script, single mode) in order of L and writes
 <out>/<device>.csv (cpu.csv, or the GPU as bench/unpack.py spells it: h200.csv) after each, then the plot
@@ -141,6 +142,7 @@ def head_step(args: argparse.Namespace, labels: int, seed: int) -> tuple[Callabl
 def measure(args: argparse.Namespace) -> dict:
     """One measured step after an unmeasured warm-up step (module docstring): the JSON line's fields."""
     device = args.device
+    torch.set_num_threads(args.threads)
     if device == "cpu":
         fix_malloc_thresholds()
     warm_labels = min(args.labels[0], WARMUP_LABELS)
@@ -219,6 +221,7 @@ def run_one(args: argparse.Namespace, method: str, labels: int) -> dict | str:
         *("--labels", str(labels), "--dim", str(args.dim), "--batch", str(args.batch)),
         *("--loss", loss, "--head-optimizer", optimizer, "--dtype", args.dtype, "--device", args.device),
         *("--momentum", str(args.momentum), *(["--master-weights"] if args.master_weights else [])),
+        *("--threads", str(args.threads)),
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -341,7 +344,7 @@ def report(path: Path) -> str:
                     f"{rows.at['peak_minus_weights', 'value'] / 2**20:,.1f}"
                 )
             else:
-                cells.append(rows["metric"].iloc[0] if not rows.empty else "")
+                cells.append(rows.index[0] if not rows.empty else "")
         weight = group.loc[group["metric"] == "weights", "value"]
         lines.append(
             f"| {labels:,} | " + " | ".join(cells) + f" | {weight.iloc[0] / 2**20:,.0f} |"
@@ -368,6 +371,13 @@ def main() -> None:
         "--momentum", type=float, default=0.0, help="fused-sgd's momentum (an fp32 L×D buffer)"
     )
     parser.add_argument("--master-weights", action="store_true", help="fused-sgd with fp32 master weights")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch's CPU threads (default 1: with the mmap threshold every freed tensor is unmapped, which "
+        "stalls the other threads' cores; 2 threads made a step 10× slower on a loaded 2-core machine)",
+    )
     parser.add_argument("--sweep", action="store_true", help="every method over --labels, fresh processes")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="with --sweep")
     parser.add_argument("--out", type=Path, default=Path("reports/head_memory"), help="with --sweep")
