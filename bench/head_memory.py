@@ -322,7 +322,8 @@ def report(path: Path) -> str:
         axis.legend()
     figure.suptitle(
         f"One head step, D={first['dim']}, B={first['batch']}, {first['dtype']}: {first['gpu_name']} "
-        f"({first['cpu'] if first['device'] == 'cpu' else first['device']}), {first['memory_method']}; "
+        f"({first['cpu'] + f', {first.threads} torch threads' if first['device'] == 'cpu' else 'cuda'}), "
+        f"{first['memory_method']}; "
         f"torch {first['torch_version']}, triton {first['triton_version']}, commit {first['git_commit']}",
         fontsize=8,
     )
