@@ -320,11 +320,11 @@ def report(path: Path) -> str:
     axes[1].axhline(first["scratch_mb"], color="k", linestyle=":", label="scratch budget")
     for axis in axes:
         axis.legend()
+    machine = f"{first['cpu']}, {first['threads']} torch threads" if first["device"] == "cpu" else "cuda"
     figure.suptitle(
         f"One head step, D={first['dim']}, B={first['batch']}, {first['dtype']}: {first['gpu_name']} "
-        f"({first['cpu'] + f', {first.threads} torch threads' if first['device'] == 'cpu' else 'cuda'}), "
-        f"{first['memory_method']}; "
-        f"torch {first['torch_version']}, triton {first['triton_version']}, commit {first['git_commit']}",
+        f"({machine}), {first['memory_method']}; torch {first['torch_version']}, "
+        f"triton {first['triton_version']}, commit {first['git_commit']}",
         fontsize=8,
     )
     figure.tight_layout()
