@@ -211,42 +211,41 @@ def _linear_tiled_args(dtype: str, rows: int, dim: int, labels: int) -> dict[str
 
 
 def _sgd_update_args(dtype: str, rows: int, dim: int, chunk: int) -> dict[str, object]:
-    """classifier_sgd_update_kernel on contiguous operands, a chunk of Amazon-3M's classifier."""
+    """classifier_sgd_update_kernel on contiguous operands: a chunk of a 768-wide classifier."""
     return {
         "G": dtype,
         "E": dtype,
         "W": dtype,
-        "BIAS": dtype,
-        "W_MOMENTUM": "*fp32",
-        "BIAS_MOMENTUM": "*fp32",
-        "W_MASTER": "*fp32",
-        "BIAS_MASTER": "*fp32",
+        "MOMENTUM": "*fp32",
+        "MASTER": "*fp32",
+        "ROW_STEP_SIZE": "*fp32",
         "B": rows,
         "D": dim,
         "chunk_labels": chunk,
         "label_start": chunk,
-        "num_labels": 2812416,  # Amazon-3M's 2,812,281 labels rounded up to a multiple of 256
         "lr": 0.1,  # runtime scalars: only the flags change the code
         "momentum": 0.9,
         "weight_decay": 0.01,
+        "shrink": 0.999,
         "rounding_stream": 12345,
         "stride_g_row": chunk,
         "stride_e_row": dim,
         "stride_e_col": 1,
         "stride_w_row": dim,
         "stride_w_col": 1,
-        "stride_bias": 1,
     }
 
 
-def _sgd_update_flags(dtype: str, momentum: bool, master: bool, weight_decay: bool) -> dict[str, object]:
+def _sgd_update_flags(
+    dtype: str, momentum: bool, master: bool, weight_decay: bool, row_adaptive: bool
+) -> dict[str, object]:
     return dict(
         DOT_PRECISION="tf32" if dtype == "*fp32" else "ieee",
         DOT_IN_FP32=False,
         STOCHASTIC_ROUNDING=dtype == "*bf16" and not master,
-        HAS_BIAS=True,
         HAS_MOMENTUM=momentum,
         HAS_MASTER=master,
+        HAS_ROW_STEP_SIZE=row_adaptive,
         WEIGHT_DECAY=weight_decay,
     )
 
@@ -426,20 +425,32 @@ KERNELS = {
             Variant(
                 "bf16-stochastic",
                 _sgd_update_args("*bf16", 512, 768, 65536),
-                _sgd_update_flags("*bf16", momentum=False, master=False, weight_decay=False),
+                _sgd_update_flags(
+                    "*bf16", momentum=False, master=False, weight_decay=False, row_adaptive=False
+                ),
                 bytes_per_element=4,  # the bf16 weight read and written; G and E are read once per tile
                 headline=True,
             ),
             Variant(
+                "bf16-stochastic-row-adaptive",
+                _sgd_update_args("*bf16", 512, 768, 65536),
+                _sgd_update_flags(
+                    "*bf16", momentum=False, master=False, weight_decay=False, row_adaptive=True
+                ),
+                bytes_per_element=4,  # plus a 4-byte step size per row of D weights
+            ),
+            Variant(
                 "bf16-master-momentum",
                 _sgd_update_args("*bf16", 512, 768, 65536),
-                _sgd_update_flags("*bf16", momentum=True, master=True, weight_decay=True),
+                _sgd_update_flags("*bf16", momentum=True, master=True, weight_decay=True, row_adaptive=False),
                 bytes_per_element=18,  # fp32 master and momentum read and written, the bf16 weight written
             ),
             Variant(
                 "fp32-tf32-momentum",
                 _sgd_update_args("*fp32", 512, 768, 32768),
-                _sgd_update_flags("*fp32", momentum=True, master=False, weight_decay=True),
+                _sgd_update_flags(
+                    "*fp32", momentum=True, master=False, weight_decay=True, row_adaptive=False
+                ),
                 bytes_per_element=16,
             ),
         ],

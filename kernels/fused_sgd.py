@@ -2,11 +2,14 @@
 and applied at once, so the (L, D) gradient of the classifier never exists in memory.
 
 One program owns a (BLOCK_L labels × BLOCK_D features) tile of the chunk's weights. It accumulates the tile's
-gradient over the batch on tensor cores, then, in its epilogue, reads the tile's weights (or their fp32 master
-copy) and momentum once, takes the step in fp32 and writes them back. The programs of the first feature
-block also sum G's columns for the bias. A bfloat16 weight without a master copy is rounded stochastically:
-element i of step t rounds up with probability equal to its distance from the value below, its random bits a
-hash of (stream, i) (`stochastic_round_bf16`), so a run is reproducible on any device and on the CPU oracle
+gradient over the batch on tensor cores, then, in its epilogue, reads the tile's weights (or their fp32
+master copy) and momentum once, takes the step in fp32 and writes them back. The step size is lr, or one per
+label row that the host derived from the rows' gradient norms (the row-adaptive step). The bias, (L,),
+steps on the host (softmargin_triton/fused_sgd.py) with the same arithmetic and rounding.
+
+A bfloat16 weight without a master copy is rounded stochastically: element i of step t rounds up with
+probability equal to its distance from the value below, its random bits a hash of (stream, i)
+(`stochastic_round_bf16`), so a run is reproducible on any device and on the CPU oracle
 (reference.stochastic_round_bfloat16), which computes the same bits.
 """
 
@@ -85,18 +88,20 @@ def sgd_step(
     grad,
     element_ids,
     mask,
-    lr,
+    step_size,
     momentum,
     weight_decay,
+    shrink,
     rounding_stream,
     HAS_MOMENTUM: tl.constexpr,
     HAS_MASTER: tl.constexpr,
     WEIGHT_DECAY: tl.constexpr,
     STOCHASTIC_ROUNDING: tl.constexpr,
 ):
-    """torch.optim.SGD's step (dampening 0, no Nesterov) on the parameters at pointers PARAM, in fp32:
-    d = grad + weight_decay·w; m = momentum·m + d (m starts at 0, so its first step is torch's clone);
-    w -= lr·m. The fp32 buffers MOMENTUM and MASTER (None where absent) are read at `offsets`. w is read
+    """One step of the parameters at pointers PARAM, in fp32: d = grad + weight_decay·w (coupled decay, as
+    torch.optim.SGD's); m = momentum·m + d (m starts at 0, so its first step is torch's clone); then
+    w = shrink·w − step_size·m (shrink = 1 − lr·decay for decoupled decay, as AdamW's; step_size a scalar,
+    or per row). The fp32 buffers MOMENTUM and MASTER (None where absent) are read at `offsets`. w is read
     from MASTER when there is one, which receives the new w; PARAM receives it rounded to nearest, or
     stochastically where STOCHASTIC_ROUNDING."""
     if HAS_MASTER:
@@ -108,7 +113,7 @@ def sgd_step(
     if HAS_MOMENTUM:
         grad = tl.fma(tl.load(MOMENTUM + offsets, mask=mask, other=0), momentum, grad)
         tl.store(MOMENTUM + offsets, grad, mask=mask)
-    w = tl.fma(grad, -lr, w)
+    w = tl.fma(grad, -step_size, w * shrink)
     if HAS_MASTER:
         tl.store(MASTER + offsets, w, mask=mask)
     if STOCHASTIC_ROUNDING:
@@ -125,21 +130,19 @@ def classifier_sgd_update_kernel(
     G,
     E,
     W,
-    BIAS,
-    W_MOMENTUM,
-    BIAS_MOMENTUM,
-    W_MASTER,
-    BIAS_MASTER,
+    MOMENTUM,
+    MASTER,
+    ROW_STEP_SIZE,
     # sizes and offsets
     B,
     D,
     chunk_labels,
     label_start,
-    num_labels,
     # the step
     lr,
     momentum,
     weight_decay,
+    shrink,
     rounding_stream,
     # strides
     stride_g_row,
@@ -147,7 +150,6 @@ def classifier_sgd_update_kernel(
     stride_e_col,
     stride_w_row,
     stride_w_col,
-    stride_bias,
     # meta-parameters: the host's
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
@@ -157,9 +159,9 @@ def classifier_sgd_update_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_B: tl.constexpr,
     # derived by _update_heuristics
-    HAS_BIAS: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr,
     HAS_MASTER: tl.constexpr,
+    HAS_ROW_STEP_SIZE: tl.constexpr,
     WEIGHT_DECAY: tl.constexpr,
 ):
     """One (BLOCK_L labels × BLOCK_D features) tile of a label chunk's weights: its gradient and its step.
@@ -168,15 +170,14 @@ def classifier_sgd_update_kernel(
              included), E's dtype, unit column stride.
     E:       (B, D) input features, float16/bfloat16/float32, any strides.
     W:       (chunk_labels, D) the chunk's rows of the classifier, E's dtype, any strides; updated in place.
-    BIAS:    (chunk_labels,) its bias, E's dtype, any stride, or None (HAS_BIAS); stepped by G's column sums.
-    W_MOMENTUM, BIAS_MOMENTUM: (chunk_labels, D) and (chunk_labels,) contiguous float32 momentum buffers, or
-             None (HAS_MOMENTUM).
-    W_MASTER, BIAS_MASTER: (chunk_labels, D) and (chunk_labels,) contiguous float32 master weights of a
-             16-bit W, or None (HAS_MASTER).
+    MOMENTUM, MASTER: (chunk_labels, D) contiguous float32 momentum buffer (or None: HAS_MOMENTUM) and
+             master weights of a 16-bit W (or None: HAS_MASTER).
+    ROW_STEP_SIZE: (chunk_labels,) contiguous float32 step size of each label's row (the row-adaptive
+             step), or None (HAS_ROW_STEP_SIZE): every row steps by lr.
     Only the chunk's own rows are passed, so the autotuner's trials save and restore that much, not (L, D).
-    label_start, num_labels: the chunk's first label and the classifier's label count, which number the
-             stochastic rounding's elements: weight (l, d) is l·D + d, bias l is num_labels·D + l.
-    lr, momentum, weight_decay: float32 hyperparameters of the step (weight_decay read only if nonzero).
+    label_start: the chunk's first label, which numbers the stochastic rounding's elements: (l, d) is l·D + d.
+    lr, momentum, weight_decay, shrink: float32 hyperparameters of the step (sgd_step; weight_decay read
+             only if nonzero).
     rounding_stream: uint32 key of this step's stochastic rounding.
     STOCHASTIC_ROUNDING: W is bfloat16 without a master copy.
     DOT_PRECISION, DOT_IN_FP32: as in the fused linear loss's chunk kernel.
@@ -184,14 +185,11 @@ def classifier_sgd_update_kernel(
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)  # within the chunk
-    labels = label_start + cols
     dims = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     col_mask = cols < chunk_labels
     dim_mask = dims < D
-    with_bias = HAS_BIAS and pid_d == 0
 
     grad = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
-    grad_bias = tl.zeros([BLOCK_L], tl.float32)
     for b0 in tl.range(0, B, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
         row_mask = rows < B
@@ -209,53 +207,36 @@ def classifier_sgd_update_kernel(
             g = g.to(tl.float32)
             e = e.to(tl.float32)
         grad = tl.dot(g, e, grad, input_precision=DOT_PRECISION)
-        if with_bias:
-            grad_bias += tl.sum(g.to(tl.float32), axis=1)
 
-    mask = col_mask[:, None] & dim_mask[None, :]
+    step_size = lr
+    if HAS_ROW_STEP_SIZE:
+        step_size = tl.load(ROW_STEP_SIZE + cols, mask=col_mask, other=0)[:, None]
     sgd_step(
         W + cols[:, None] * stride_w_row + dims[None, :] * stride_w_col,
-        W_MOMENTUM,
-        W_MASTER,
+        MOMENTUM,
+        MASTER,
         cols[:, None] * D + dims[None, :],  # into the contiguous fp32 buffers
         grad,
-        labels[:, None] * D + dims[None, :],
-        mask,
-        lr,
+        (label_start + cols)[:, None] * D + dims[None, :],
+        col_mask[:, None] & dim_mask[None, :],
+        step_size,
         momentum,
         weight_decay,
+        shrink,
         rounding_stream,
         HAS_MOMENTUM,
         HAS_MASTER,
         WEIGHT_DECAY,
         STOCHASTIC_ROUNDING,
     )
-    if with_bias:
-        sgd_step(
-            BIAS + cols * stride_bias,
-            BIAS_MOMENTUM,
-            BIAS_MASTER,
-            cols,
-            grad_bias,
-            num_labels * D + labels,
-            col_mask,
-            lr,
-            momentum,
-            weight_decay,
-            rounding_stream,
-            HAS_MOMENTUM,
-            HAS_MASTER,
-            WEIGHT_DECAY,
-            STOCHASTIC_ROUNDING,
-        )
 
 
 # Derived at each launch: what the None pointers and a zero weight decay switch off.
 _update_heuristics = triton.heuristics(
     {
-        "HAS_BIAS": lambda args: args["BIAS"] is not None,
-        "HAS_MOMENTUM": lambda args: args["W_MOMENTUM"] is not None,
-        "HAS_MASTER": lambda args: args["W_MASTER"] is not None,
+        "HAS_MOMENTUM": lambda args: args["MOMENTUM"] is not None,
+        "HAS_MASTER": lambda args: args["MASTER"] is not None,
+        "HAS_ROW_STEP_SIZE": lambda args: args["ROW_STEP_SIZE"] is not None,
         "WEIGHT_DECAY": lambda args: args["weight_decay"] != 0,
     }
 )
@@ -263,7 +244,5 @@ _update_heuristics = triton.heuristics(
 # The kernel updates the chunk in place, so the autotuner's trials must not step it: restore_value saves and
 # restores every buffer a trial writes (the chunk's rows only). The key holds every tensor argument's dtype.
 classifier_sgd_update = triton.autotune(
-    update_configs(),
-    key=["D"],
-    restore_value=["W", "BIAS", "W_MOMENTUM", "BIAS_MOMENTUM", "W_MASTER", "BIAS_MASTER"],
+    update_configs(), key=["D"], restore_value=["W", "MOMENTUM", "MASTER"]
 )(_update_heuristics(classifier_sgd_update_kernel))

@@ -3,11 +3,17 @@
 In extreme multi-label training the classifier's gradient dW (L × D) and the optimizer's state dominate
 memory. `FusedClassifierSGD` owns the weight and bias of a `LinearMultiLabelSoftMarginLoss`; while it is
 attached, the module's backward recomputes each label chunk's logit gradient G_c and consumes
-dW_c = G_cᵀ · E at once in an SGD step of that chunk (on CUDA one Triton kernel forms dW_c tile by tile and
+dW_c = G_cᵀ · E at once in a step of that chunk (on CUDA one Triton kernel forms dW_c tile by tile and
 steps it in its epilogue, kernels/fused_sgd.py), so dW is never stored. The encoder still gets
 dE = Σ_c G_c · W_c through autograd, formed before each chunk's step. This costs one more GEMM than the
 plain fused loss (the logits are formed in the forward for the loss and again in the backward: 8·B·D·L flop
 in all, not 6) and saves 2·L·D bytes of bf16 gradient plus AdamW's 8·L·D bytes of moments.
+
+The step is torch.optim.SGD's, or, with `row_adaptive`, one whose size each label row sets for itself from
+a running mean of its squared gradient (RMSProp with one second moment per label: 4 bytes a label, not per
+weight). Rare labels then move as fast as frequent ones, which plain SGD's single learning rate cannot
+give them (the README's XMC table measures the difference). The row's mean square needs no dW: it is
+diag(G_cᵀ·K·G_c)/D with K = E·Eᵀ, the (B, B) Gram matrix of the batch's features.
 
 What `loss.backward()` means: the step for the gradient of the scalar backward is called on, so grad_output
 scales it (loss / k per micro-batch steps k times by a k-th); there is no accumulation across backwards, and
@@ -15,6 +21,7 @@ no step without one (eval, torch.no_grad, or a loss never backpropagated).
 """
 
 import weakref
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -36,14 +43,43 @@ __all__ = ["FusedClassifierSGD"]
 _OWNER_ATTRIBUTE = "_softmargin_fused_sgd"
 
 
+class StepBuffers(NamedTuple):
+    """The state one step reads and updates: (L, D) tensors for the weight, (L,) for the bias, float32
+    (float64 for a float64 classifier), each None where the configuration has none."""
+
+    weight_momentum: Tensor | None
+    bias_momentum: Tensor | None
+    weight_master: Tensor | None
+    bias_master: Tensor | None
+    weight_second_moment: Tensor | None  # (L,): each row's running mean of its squared gradient
+    bias_second_moment: Tensor | None  # (L,)
+
+
+class StepSettings(NamedTuple):
+    """The numbers of one step (sgd_step in kernels/fused_sgd.py): weight_decay is the coupled decay (SGD's),
+    shrink = 1 − lr·decay the decoupled one (the row-adaptive step's); beta2, eps and bias_correction
+    (1 − beta2^t) serve the row-adaptive step only."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    shrink: float
+    beta2: float
+    eps: float
+    bias_correction: float
+
+
 class FusedClassifierSGD(torch.optim.Optimizer):
-    """SGD (torch.optim.SGD's step: coupled weight decay, momentum without dampening) on the classifier of a
-    `LinearMultiLabelSoftMarginLoss`, taken inside the loss's backward chunk by chunk: dW is never stored.
+    """SGD on the classifier of a `LinearMultiLabelSoftMarginLoss`, taken inside the loss's backward chunk by
+    chunk: dW is never stored.
 
     Args:
         head: the module whose `weight` (L, D) and `bias` (L,) it owns; a head has at most one.
-        lr, momentum, weight_decay: as torch.optim.SGD's. One parameter group holds weight and bias; an LR
-            scheduler changes its `lr` as for any optimizer.
+        lr, momentum, weight_decay: as torch.optim.SGD's (coupled decay, momentum without dampening). One
+            parameter group holds weight and bias; an LR scheduler changes its `lr` as for any optimizer.
+        row_adaptive: divide each label's step by the root of a running mean (rate 1 − beta2, bias-corrected
+            as Adam's) of its row's squared gradient, plus eps; the bias's by its own. Weight decay is then
+            decoupled, as AdamW's: w ← (1 − lr·weight_decay)·w − step.
         master_weights: keep float32 master copies of a 16-bit classifier (taken now, 4 bytes a weight), step
             them and write them rounded to nearest into the parameters. Else (the default) a bfloat16
             classifier is rounded stochastically (unbiased: each weight rounds up with the probability of
@@ -55,7 +91,8 @@ class FusedClassifierSGD(torch.optim.Optimizer):
     is the step for that backward's gradient (grad_output scales it). `step()` does nothing (the update has
     been made) and exists so that training loops and LR schedulers treat it as any optimizer. Another
     optimizer holding the head's parameters raises at its step; a double backward (create_graph) raises.
-    `state_dict()` holds the momentum buffers, master weights and step count, so a resumed run is exact.
+    `state_dict()` holds the momentum buffers, master weights, second moments and step count, so a resumed
+    run is exact.
     """
 
     def __init__(
@@ -65,12 +102,17 @@ class FusedClassifierSGD(torch.optim.Optimizer):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         *,
+        row_adaptive: bool = False,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
         master_weights: bool = False,
         seed: int = 0,
     ) -> None:
-        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay), ("eps", eps)):
             if not value >= 0.0:
                 raise ValueError(f"{name} must be a non-negative number, got {value}")
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
         if getattr(head, "fused_optimizer", None) is not None:
             raise RuntimeError(
                 "this head already has a FusedClassifierSGD; a head is stepped by one optimizer"
@@ -81,16 +123,21 @@ class FusedClassifierSGD(torch.optim.Optimizer):
                 "a float16 classifier needs master_weights=True (stochastic rounding serves bfloat16)"
             )
         self.parameters_owned = [weight] if bias is None else [weight, bias]
-        super().__init__(
-            self.parameters_owned,
-            dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay)),
-        )
+        defaults = dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay))
+        super().__init__(self.parameters_owned, dict(defaults, beta2=float(beta2), eps=float(eps)))
+        self.row_adaptive = row_adaptive
         self.master_weights = master_weights and weight.dtype in (torch.float16, torch.bfloat16)
         self.seed = int(seed)
         self.state[weight]["step"] = 0
         for param in self.parameters_owned:
+            state_dtype = compute_dtype(param.dtype)
             if self.master_weights:
-                self.state[param]["master"] = param.detach().to(torch.float32, copy=True)
+                state = self.state[param]
+                state["master"] = param.detach().to(state_dtype, copy=True)
+            if row_adaptive:
+                self.state[param]["second_moment"] = torch.zeros(
+                    param.shape[0], dtype=state_dtype, device=param.device
+                )
             setattr(param, _OWNER_ATTRIBUTE, weakref.ref(self))
         _refuse_other_optimizers_once()
         head.fused_optimizer = self
@@ -110,47 +157,48 @@ class FusedClassifierSGD(torch.optim.Optimizer):
                 closure()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's, but keeping the float32 momentum buffers and master weights in float32 (torch's loader
-        casts floating state to each parameter's dtype)."""
+        """torch's, but keeping the float32 buffers in float32 (torch's loader casts floating state to each
+        parameter's dtype)."""
         super().load_state_dict(state_dict)
         for param, saved in zip(self.parameters_owned, state_dict["state"].values(), strict=True):
-            for key in ("momentum_buffer", "master"):
+            for key in ("momentum_buffer", "master", "second_moment"):
                 if key in saved:
                     self.state[param][key] = saved[key].to(
                         param.device, compute_dtype(param.dtype), copy=True
                     )
 
-    def step_buffers(self) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-        """(weight momentum, bias momentum, weight master, bias master) for the coming step, each None where
-        absent; momentum buffers start at zero when momentum is first nonzero."""
-        momentum = self.param_groups[0]["momentum"]
-        buffers = []
-        for key in ("momentum_buffer", "master"):
-            for param in (self.weight, self.bias):
-                if param is None:
-                    buffers.append(None)
-                    continue
-                state = self.state[param]
-                if key == "momentum_buffer" and momentum and key not in state:
-                    state[key] = torch.zeros_like(param, dtype=compute_dtype(param.dtype))
-                buffers.append(state.get(key) if key == "master" or momentum else None)
-        return tuple(buffers)
-
-    def next_rounding_stream(self) -> int | None:
-        """Counts a step; returns its stochastic rounding's uint32 key, None if the classifier rounds to
-        nearest."""
-        state = self.state[self.weight]
-        step = state["step"]
-        state["step"] = step + 1
-        if self.weight.dtype != torch.bfloat16 or self.master_weights:
-            return None
-        word = 0xFFFFFFFF
-        return int(mix32(torch.tensor((self.seed ^ int(mix32(torch.tensor(step & word)))) & word)))
-
-    def hyperparameters(self) -> tuple[float, float, float]:
-        """(lr, momentum, weight_decay) of the coming step."""
+    def begin_step(self) -> tuple[StepSettings, StepBuffers, int | None]:
+        """Counts a step and returns what it needs: its settings, its buffers (momentum buffers start at zero
+        when momentum is first nonzero) and its stochastic rounding's uint32 key (None where the classifier
+        rounds to nearest)."""
         group = self.param_groups[0]
-        return group["lr"], group["momentum"], group["weight_decay"]
+        state = self.state[self.weight]
+        state["step"] += 1
+        step = state["step"]
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+        settings = StepSettings(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=0.0 if self.row_adaptive else decay,
+            shrink=1.0 - lr * decay if self.row_adaptive else 1.0,
+            beta2=group["beta2"],
+            eps=group["eps"],
+            bias_correction=1.0 - group["beta2"] ** step,
+        )
+        buffers = []
+        for key in ("momentum_buffer", "master", "second_moment"):
+            for param in (self.weight, self.bias):
+                param_state = {} if param is None else self.state[param]
+                if key == "momentum_buffer" and momentum and param is not None and key not in param_state:
+                    param_state[key] = torch.zeros_like(param, dtype=compute_dtype(param.dtype))
+                wanted = key != "momentum_buffer" or momentum
+                buffers.append(param_state.get(key) if wanted else None)
+        rounding_stream = None
+        if self.weight.dtype == torch.bfloat16 and not self.master_weights:
+            word = 0xFFFFFFFF
+            key = (self.seed ^ int(mix32(torch.tensor(step & word)))) & word
+            rounding_stream = int(mix32(torch.tensor(key)))
+        return settings, StepBuffers(*buffers), rounding_stream
 
 
 def check_owner(optimizer: FusedClassifierSGD, weight: Tensor, bias: Tensor | None) -> None:
@@ -187,29 +235,45 @@ def _refuse_other_optimizers_once() -> None:
 # One chunk's step: Triton kernel or plain torch
 # --------------------------------------------------------------------------------------------------------
 
+# The plain-torch step holds about this many (labels, D) 8-byte temporaries at once (the stochastic
+# rounding's int64 words), the row-adaptive Triton step a few (R, labels) fp32 ones: both walk a chunk in
+# pieces that keep them within the scratch budget.
+STEP_TEMPORARIES = 8
+
 
 def sgd_update_chunk_(
     grad: Tensor,
     input: Tensor,
+    gram: Tensor | None,
     weight: Tensor,
     bias: Tensor | None,
-    buffers: tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None],
+    settings: StepSettings,
+    buffers: StepBuffers,
+    rounding_stream: int | None,
     start: int,
     stop: int,
-    hyperparameters: tuple[float, float, float],
-    rounding_stream: int | None,
+    piece_labels: int,
     use_triton: bool,
 ) -> None:
-    """One SGD step of labels [start, stop) of `weight` (L, D) and `bias` (L,), in place, from the gradient
+    """One step of labels [start, stop) of `weight` (L, D) and `bias` (L,), in place, from the gradient
     w.r.t. their logits `grad` (R, stop - start) and `input` (R, D): dW_c = gradᵀ·input, db_c = Σ_rows grad,
-    both in fp32 (fp64 for fp64). `buffers` are FusedClassifierSGD.step_buffers(), whole; `rounding_stream`
-    the step's stochastic rounding key (bfloat16 weight without master copies) or None."""
-    lr, momentum, weight_decay = hyperparameters
-    weight_momentum, bias_momentum, weight_master, bias_master = (
+    in fp32 (fp64 for fp64). `buffers` are whole (L, ·) (FusedClassifierSGD.begin_step); `gram` is
+    input·inputᵀ (R, R) in fp32 where the step is row-adaptive on the Triton path, else None. The plain-torch
+    path and the row norms walk the chunk `piece_labels` labels at a time (STEP_TEMPORARIES)."""
+    dtype = compute_dtype(input.dtype)
+    dim = weight.shape[1]
+    (weight_momentum, bias_momentum, weight_master, bias_master, weight_moment, bias_moment) = (
         None if buffer is None else buffer[start:stop] for buffer in buffers
     )
-    num_labels, dim = weight.shape
+    grad_bias = grad.sum(dim=0, dtype=dtype)
     if use_triton:
+        row_step = None
+        if weight_moment is not None:
+            # Each row's mean square Σ_d dW_ld² / D = (gᵀ·K·g)_l / D, with no dW formed.
+            square = torch.cat(
+                [(gram @ part.to(dtype)).mul_(part).sum(dim=0) for part in grad.split(piece_labels, dim=1)]
+            )
+            row_step = _row_step_sizes(weight_moment, square / dim, settings)
         labels = stop - start
         launch(
             kernels.classifier_sgd_update,
@@ -218,58 +282,76 @@ def sgd_update_chunk_(
             G=grad,
             E=input,
             W=weight[start:stop],
-            BIAS=None if bias is None else bias[start:stop],
-            W_MOMENTUM=weight_momentum,
-            BIAS_MOMENTUM=bias_momentum,
-            W_MASTER=weight_master,
-            BIAS_MASTER=bias_master,
+            MOMENTUM=weight_momentum,
+            MASTER=weight_master,
+            ROW_STEP_SIZE=row_step,
             B=input.shape[0],
             D=dim,
             chunk_labels=labels,
             label_start=start,
-            num_labels=num_labels,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            shrink=settings.shrink,
             rounding_stream=0 if rounding_stream is None else rounding_stream,
             stride_g_row=grad.stride(0),
             stride_e_row=input.stride(0),
             stride_e_col=input.stride(1),
             stride_w_row=weight.stride(0),
             stride_w_col=weight.stride(1),
-            stride_bias=0 if bias is None else bias.stride(0),
             DOT_PRECISION=dot_precision(input.dtype),
             DOT_IN_FP32=TRITON_INTERPRETED,
             STOCHASTIC_ROUNDING=rounding_stream is not None,
         )
-        return
-    dtype = compute_dtype(input.dtype)
-    chunk_grad = grad.to(dtype)
-    ids = None
-    if rounding_stream is not None:
-        ids = torch.arange(start * dim, stop * dim, device=weight.device).view(stop - start, dim)
-    sgd_step_reference(
-        weight[start:stop],
-        chunk_grad.T @ input.to(dtype),
-        weight_momentum,
-        weight_master,
-        lr,
-        momentum,
-        weight_decay,
-        rounding_stream,
-        ids,
-    )
+    else:
+        for lo in range(start, stop, piece_labels):
+            hi = min(lo + piece_labels, stop)
+            part = slice(lo - start, hi - start)
+            grad_weight = grad[:, part].to(dtype).T @ input.to(dtype)
+            row_step = settings.lr
+            if weight_moment is not None:
+                square = grad_weight.square().mean(dim=1)
+                row_step = _row_step_sizes(weight_moment[part], square, settings)[:, None]
+            sgd_step_reference(
+                weight[lo:hi],
+                grad_weight,
+                None if weight_momentum is None else weight_momentum[part],
+                None if weight_master is None else weight_master[part],
+                row_step,
+                settings.momentum,
+                settings.weight_decay,
+                settings.shrink,
+                rounding_stream,
+                None if rounding_stream is None else _element_ids(lo, hi, dim, weight.device),
+            )
     if bias is not None:
-        if rounding_stream is not None:
-            ids = torch.arange(num_labels * dim + start, num_labels * dim + stop, device=bias.device)
+        num_labels = weight.shape[0]
+        bias_step = settings.lr
+        if bias_moment is not None:
+            bias_step = _row_step_sizes(bias_moment, grad_bias.square(), settings)
         sgd_step_reference(
             bias[start:stop],
-            chunk_grad.sum(dim=0),
+            grad_bias,
             bias_momentum,
             bias_master,
-            lr,
-            momentum,
-            weight_decay,
+            bias_step,
+            settings.momentum,
+            settings.weight_decay,
+            settings.shrink,
             rounding_stream,
-            ids,
+            None
+            if rounding_stream is None
+            else torch.arange(start, stop, device=bias.device) + num_labels * dim,
         )
+
+
+def _row_step_sizes(second_moment: Tensor, square: Tensor, settings: StepSettings) -> Tensor:
+    """Updates `second_moment` (n,) with this step's mean squares (n,) and returns each row's step size,
+    lr / (√(second_moment / bias_correction) + eps), (n,) contiguous."""
+    second_moment.mul_(settings.beta2).add_(square, alpha=1 - settings.beta2)
+    return settings.lr / ((second_moment / settings.bias_correction).sqrt() + settings.eps)
+
+
+def _element_ids(start: int, stop: int, dim: int, device: torch.device) -> Tensor:
+    """The stochastic rounding's ids of weight rows [start, stop): (stop - start, dim) int64, l·dim + d."""
+    return torch.arange(start * dim, stop * dim, device=device).view(stop - start, dim)

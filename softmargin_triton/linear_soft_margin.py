@@ -31,7 +31,14 @@ from softmargin_triton.common import (
     rows_view,
     strides_2d,
 )
-from softmargin_triton.fused_sgd import FusedClassifierSGD, check_owner, sgd_update_chunk_
+from softmargin_triton.fused_sgd import (
+    STEP_TEMPORARIES,
+    FusedClassifierSGD,
+    StepBuffers,
+    StepSettings,
+    check_owner,
+    sgd_update_chunk_,
+)
 from softmargin_triton.reference import (
     linear_soft_margin_chunk_reference,
     reduce_row_sums,
@@ -343,7 +350,16 @@ def _(input, weight, bias, target, indptr, indices, label_weight, pos_weight, ro
 
 @torch.library.custom_op(
     "softmargin_triton::linear_soft_margin_sgd_backward",
-    mutates_args=("weight", "bias", "weight_momentum", "bias_momentum", "weight_master", "bias_master"),
+    mutates_args=(
+        "weight",
+        "bias",
+        "weight_momentum",
+        "bias_momentum",
+        "weight_master",
+        "bias_master",
+        "weight_second_moment",
+        "bias_second_moment",
+    ),
 )
 def linear_soft_margin_sgd_backward(
     input: Tensor,
@@ -358,29 +374,35 @@ def linear_soft_margin_sgd_backward(
     input_grad: bool,
     use_triton: bool,
     label_smoothing: float,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
+    settings: list[float],
     weight_momentum: Tensor | None,
     bias_momentum: Tensor | None,
     weight_master: Tensor | None,
     bias_master: Tensor | None,
+    weight_second_moment: Tensor | None,
+    bias_second_moment: Tensor | None,
     rounding_stream: int,
 ) -> Tensor:
-    """The backward of the fused linear loss under FusedClassifierSGD: grad_input, and an SGD step of
-    weight and bias in place, chunk by chunk, from the gradient of Σ_rows row_scale·(row's weighted
-    elementwise loss); the (L, D) weight gradient is never formed.
+    """The backward of the fused linear loss under FusedClassifierSGD: grad_input, and a step of weight and
+    bias in place, chunk by chunk, from the gradient of Σ_rows row_scale·(row's weighted elementwise loss);
+    the (L, D) weight gradient is never formed.
 
     Operands as linear_soft_margin_forward's (whole classifier, no label shard); row_scale (R,) is
-    grad_output times the reduction's factor. The step (fused_sgd.sgd_update_chunk_) reads the
-    hyperparameters and the FusedClassifierSGD's buffers, (L, D) and (L,) float32 or None, and rounds a
-    bfloat16 weight stochastically with `rounding_stream` when it is ≥ 0 (-1: round to nearest). Each
-    chunk's share of grad_input uses the chunk's weights before its step. Returns grad_input (R, D) in
-    input's dtype, or an empty tensor unless input_grad.
+    grad_output times the reduction's factor. `settings` are a fused_sgd.StepSettings as a list, the
+    tensors after it a fused_sgd.StepBuffers ((L, D) and (L,) float32 or None); `rounding_stream` the
+    step's stochastic rounding key, or -1 to round to nearest. Each chunk's share of grad_input uses the
+    chunk's weights before its step. Returns grad_input (R, D) in input's dtype, or an empty tensor unless
+    input_grad.
     """
     rows, dim = input.shape
-    grad_input_sum = torch.zeros((rows, dim), dtype=compute_dtype(input.dtype), device=input.device)
-    buffers = (weight_momentum, bias_momentum, weight_master, bias_master)
+    accumulate_dtype = compute_dtype(input.dtype)
+    grad_input_sum = torch.zeros((rows, dim), dtype=accumulate_dtype, device=input.device)
+    step_settings = StepSettings(*settings)
+    buffers = StepBuffers(
+        weight_momentum, bias_momentum, weight_master, bias_master, weight_second_moment, bias_second_moment
+    )
+    row_adaptive_kernel = use_triton and weight_second_moment is not None
+    gram = input.to(accumulate_dtype) @ input.to(accumulate_dtype).T if row_adaptive_kernel else None
     chunks = _gradient_chunks(
         input,
         weight,
@@ -396,7 +418,7 @@ def linear_soft_margin_sgd_backward(
         use_triton,
         label_smoothing,
         True,
-        torch.zeros(rows, dtype=grad_input_sum.dtype, device=input.device),
+        torch.zeros(rows, dtype=accumulate_dtype, device=input.device),
     )
     for start, stop, grad in chunks:
         if input_grad:
@@ -404,13 +426,15 @@ def linear_soft_margin_sgd_backward(
         sgd_update_chunk_(
             grad,
             input,
+            gram,
             weight,
             bias,
+            step_settings,
             buffers,
+            None if rounding_stream < 0 else rounding_stream,
             start,
             stop,
-            (lr, momentum, weight_decay),
-            None if rounding_stream < 0 else rounding_stream,
+            chunk_labels(max(rows, dim), stop - start, STEP_TEMPORARIES * 8),
             use_triton,
         )
     return grad_input_sum.to(input.dtype) if input_grad else input.new_empty((0,))
@@ -509,16 +533,15 @@ def _linear_soft_margin_backward(ctx, grad_loss):
     row_dtype = compute_dtype(input.dtype)
     row_scale = (grad_loss.to(row_dtype) * ctx.scale).expand(input.shape[0]).contiguous()
     if ctx.fused_sgd is not None:
-        optimizer = ctx.fused_sgd
-        stream = optimizer.next_rounding_stream()
+        settings, buffers, stream = ctx.fused_sgd.begin_step()
         grad_input = linear_soft_margin_sgd_backward(
             *operands,
             row_scale,
             ctx.needs[0],
             ctx.use_triton,
             ctx.label_smoothing,
-            *optimizer.hyperparameters(),
-            *optimizer.step_buffers(),
+            list(settings),
+            *buffers,
             -1 if stream is None else stream,
         )
         return (grad_input if ctx.needs[0] else None, *[None] * 15)

@@ -259,25 +259,27 @@ def sgd_step_reference(
     grad: Tensor,
     momentum_buffer: Tensor | None,
     master: Tensor | None,
-    lr: float,
+    step_size: float | Tensor,
     momentum: float,
     weight_decay: float,
+    shrink: float,
     rounding_stream: int | None,
     element_ids: Tensor | None,
 ) -> None:
-    """torch.optim.SGD's step (dampening 0, no Nesterov) in place, as kernels/fused_sgd.py's sgd_step does.
+    """One step in place, as kernels/fused_sgd.py's sgd_step takes it.
 
     param (n, ...) any float dtype; grad its gradient in float32 (float64 for float64 param);
-    momentum_buffer and master param's shape in grad's dtype, or None. The step is d = grad +
-    weight_decay·w, m = momentum·m + d, w -= lr·m, on w = master if given (which receives the new w), else
-    param. param receives the new w rounded to nearest, or stochastically (`stochastic_round_bfloat16` with
-    `rounding_stream` and `element_ids`) when rounding_stream is not None.
+    momentum_buffer and master param's shape in grad's dtype, or None; step_size a number or (n, 1...) per
+    row. The step is d = grad + weight_decay·w, m = momentum·m + d, w = shrink·w − step_size·m, on
+    w = master if given (which receives the new w), else param. param receives the new w rounded to
+    nearest, or stochastically (`stochastic_round_bfloat16` with `rounding_stream` and `element_ids`) when
+    rounding_stream is not None.
     """
     w = master if master is not None else param.to(grad.dtype)
     step = grad + weight_decay * w if weight_decay else grad
     if momentum_buffer is not None:
         step = momentum_buffer.mul_(momentum).add_(step)
-    w = w - lr * step
+    w = w * shrink - step_size * step
     if master is not None:
         master.copy_(w)
     if rounding_stream is not None:
