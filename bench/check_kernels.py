@@ -9,7 +9,9 @@ pos_weight, 'none'), the sparse forward (SparseTargets, MLSM and BCE), the in-pl
 (grad_into_input=True, dense and sparse), the gradient-scale kernel (a grad_output that is not 1: per
 row, per element, and fp16's scale applied in the backward, at 'sum'), the fused linear chunk kernel (bf16
 with sparse targets and bias, bf16 with a dense uint8 target and label weights, fp16 'none' which
-recomputes in the backward), the tiled comparison design of bench/linear_tiled.py, and issue 18's forms
+recomputes in the backward), the tiled comparison design of bench/linear_tiled.py, the classifier's step
+inside the backward (FusedClassifierSGD, row-adaptive with momentum and decay, fp32 and bf16 with master
+weights: the step itself compared, since the weights' magnitude would hide its errors), and issue 18's forms
 and options: sigmoid_focal_loss, asymmetric_loss, label_smoothing on a dense and on a sparse target, and
 ignore_value (partial labels: the known-counts kernel, then the forward). The reference is torch's own
 loss in float64 on the same (already rounded) inputs, or for issue 18's the published formula in torch
@@ -46,6 +48,7 @@ from sweep import (  # the published formulas, as the variants sweep times them 
 from timing import environment, log, zipf_padded  # bench/timing.py
 
 import softmargin_triton as st
+from softmargin_triton.fused_sgd import FusedClassifierSGD
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-10}
@@ -309,6 +312,57 @@ def check_linear_fp16_none():
     )
 
 
+def _fused_sgd_check(dtype, seed, master_weights):
+    """One row-adaptive FusedClassifierSGD step with momentum and decay, from a nonzero state (a first step
+    first), against the same step taken in float64 on the dense gradient of F.linear + torch's loss."""
+    input, weight, bias = _linear_problem(dtype, seed)
+    targets = _sparse(ROWS, LABELS, seed + 1)
+    head = st.LinearMultiLabelSoftMarginLoss(DIM, LABELS, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    optimizer = FusedClassifierSGD(
+        head, lr=0.01, momentum=0.9, weight_decay=0.01, row_adaptive=True, master_weights=master_weights
+    )
+    head(input, targets).backward()  # a first step: the second meets momentum and second moments
+    owned = [optimizer.state[p].get("master", p).detach().double().clone() for p in head.parameters()]
+    moments = [optimizer.state[p]["momentum_buffer"].double() for p in head.parameters()]
+    squares = [optimizer.state[p]["second_moment"].double() for p in head.parameters()]
+    features = input.detach().clone().requires_grad_()
+    head(features, targets).backward(torch.tensor(1.7, device=DEVICE))
+    stepped = [optimizer.state[p].get("master", p).detach().double() for p in head.parameters()]
+
+    reference = [leaf.clone().requires_grad_() for leaf in owned]
+    features_ref = input.double().requires_grad_()
+    loss = F.multilabel_soft_margin_loss(F.linear(features_ref, *reference), targets.to_dense(torch.float64))
+    (loss * 1.7).backward()
+    results = [_compare("grad_input", features.grad, features_ref.grad, dtype)]
+    group, step = optimizer.param_groups[0], optimizer.state[head.weight]["step"]
+    for name, start, leaf, momentum, square, ours in zip(
+        ("weight", "bias"), owned, reference, moments, squares, stepped, strict=True
+    ):
+        grad = leaf.grad
+        square = group["beta2"] * square + (1 - group["beta2"]) * grad.square().reshape(len(grad), -1).mean(1)
+        size = group["lr"] / ((square / (1 - group["beta2"] ** step)).sqrt() + group["eps"])
+        update = group["momentum"] * momentum + grad
+        expected = (
+            start * (1 - group["lr"] * group["weight_decay"])
+            - size.view(-1, *[1] * (grad.dim() - 1)) * update
+        )
+        # The step itself is compared (the weights' magnitude would hide its errors), to the tolerance of
+        # the dtype G is rounded to before the GEMM of dW.
+        results.append(_compare(f"{name} step", ours - start, expected - start, dtype))
+    return results
+
+
+def check_fused_sgd_fp32():
+    return _fused_sgd_check(torch.float32, 30, master_weights=False)
+
+
+def check_fused_sgd_bf16_master():
+    return _fused_sgd_check(torch.bfloat16, 32, master_weights=True)
+
+
 def check_linear_tiled():
     targets = _sparse(ROWS, LABELS, 29)
 
@@ -347,6 +401,14 @@ CHECKS = {
         check_linear_fp16_none,
     ),
     "linear tiled bf16 sparse bias (bench/linear_tiled.py)": ("linear_soft_margin_tiled", check_linear_tiled),
+    "fused classifier sgd fp32 row-adaptive momentum": (
+        "linear_soft_margin_chunk, classifier_sgd_update",
+        check_fused_sgd_fp32,
+    ),
+    "fused classifier sgd bf16 master row-adaptive momentum": (
+        "linear_soft_margin_chunk, classifier_sgd_update",
+        check_fused_sgd_bf16_master,
+    ),
     "focal bf16 uint8 mean": ("soft_margin_forward (focal), soft_margin_scale_grad", check_focal),
     "asymmetric fp32 uint8 sum, grad_output not 1": (
         "soft_margin_forward (asymmetric), soft_margin_scale_grad",
