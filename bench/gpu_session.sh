@@ -7,12 +7,13 @@
 # --out DIR      the output folder (default: $OUT, else ./gpu-out); it ends holding three files:
 #                gpu-results.tar.gz (every result, refreshed after each step), summary.md (the headline
 #                table and each step's status) and session.log (everything the steps printed).
-# --budget S     wall-time budget of the whole run in seconds (default 360; dry run 170). Each step runs
+# --budget S     wall-time budget of the whole run in seconds (default 420; dry run 185). Each step runs
 #                under `timeout`, limited by its own cap, by the budget left and by the estimates of the
 #                headline steps after it (so that a slow step cannot starve the headline); the wider
 #                sweeps (step e) only use what is left.
 # --steps ...    run only these steps (default: all, in order): install ceilings check gpu-tests dense
-#                sparse linear variants wide-dense wide-batch wide-linear wide-sparse xmc wide-dtypes.
+#                sparse linear head-memory variants wide-dense wide-batch wide-linear wide-sparse xmc
+#                wide-dtypes.
 #                `install` always runs first. A second call, e.g. `--steps variants wide-dense wide-batch
 #                wide-linear wide-sparse xmc wide-dtypes --budget 540`, spends a second window on the
 #                wider sweeps.
@@ -40,6 +41,8 @@ sizes() {
         dense_args=(--batch 8 --labels 256)
         sparse_args=(--batch 8 --labels 300)
         linear_args=(--labels 300 --linear-batches 16 --dims 16)
+        # the headline method only: each method is a process of its own (~5 s to start on 2 cores)
+        head_memory_args=(--labels 4096 --dim 16 --batch 8 --methods fused+fused-sgd)
         # fwd+bwd only: forward and backward alone would triple the step's measurements
         variants_args=(--batch 8 --labels 256 --breakdown-dtypes)
         # torch.compile on a CPU builds C++ for minutes: the dry run leaves the compiled providers out
@@ -57,6 +60,8 @@ sizes() {
         dense_args=(--batch 4096 --labels 131072)
         sparse_args=(--batch 4096 --labels 670091)
         linear_args=(--labels 670091 --linear-batches 8192 --dims 768)
+        # Amazon-3M's classifier: fused-sgd, and the AdamW heads, which fit an H200 too
+        head_memory_args=(--labels 2812281 --dim 768 --batch 512)
         variants_args=(--batch 4096 --labels 131072 --breakdown-dtypes bf16)
         dense_providers=(softmargin-triton torch-mlsm torch-bce torch-mlsm-compile torch-bce-compile)
         linear_providers=(softmargin-triton torch-linear-mlsm torch-linear-mlsm-compile torch-chunked)
@@ -140,6 +145,11 @@ step_linear() {
         --providers "${linear_providers[@]}" --profile
 }
 
+step_head_memory() {
+    # one head training step per method, each in a fresh process: peak memory against the weights' bytes
+    "$py" bench/head_memory.py --sweep --out "$RES/head_memory" --dtype bf16 "${head_memory_args[@]}"
+}
+
 step_variants() {
     # issue 18's losses and options against their eager formulas (compiled too on CUDA; not in the dry run)
     sweep --out "$RES/wide" --append --sweeps variants "${variants_args[@]}" --dtypes bf16
@@ -195,11 +205,11 @@ while (($#)); do
             shift
             while (($#)) && [[ "$1" != --* ]]; do only+=("$1"); shift; done
             ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument '$1' (see: bash bench/gpu_session.sh --help)" >&2; exit 2 ;;
     esac
 done
-budget="${budget:-$( ((DRY)) && echo 170 || echo 360)}"
+budget="${budget:-$( ((DRY)) && echo 185 || echo 420)}"
 
 # name, estimate (s) on an H100/H200 (bench/README.md says how each was estimated), estimate of the dry run
 # on a 2-core CPU (measured), cap (s), headline (1: its time is kept free while the steps before it run)
@@ -211,6 +221,7 @@ STEPS=(
     "dense 45 10 150 1"
     "sparse 25 10 120 1"
     "linear 60 15 150 1"
+    "head-memory 70 14 180 1"
     "variants 90 10 180 0"
     "wide-dense 70 8 150 0"
     "wide-batch 45 6 120 0"
