@@ -6,6 +6,7 @@ Drop-in replacements for `torch.nn.functional.multilabel_soft_margin_loss`,
 
 from softmargin_triton.backend import BACKEND_ENV_VAR, current_backend, use_backend
 from softmargin_triton.focal import AsymmetricLoss, SigmoidFocalLoss, asymmetric_loss, sigmoid_focal_loss
+from softmargin_triton.fused_sgd import FusedClassifierSGD
 from softmargin_triton.linear_soft_margin import (
     SCRATCH_ENV_VAR,
     LinearMultiLabelSoftMarginLoss,
@@ -27,6 +28,7 @@ __all__ = [
     "SCRATCH_ENV_VAR",
     "AsymmetricLoss",
     "BCEWithLogitsLoss",
+    "FusedClassifierSGD",
     "LinearMultiLabelSoftMarginLoss",
     "MultiLabelSoftMarginLoss",
     "SigmoidContrastiveLoss",
