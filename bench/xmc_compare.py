@@ -94,7 +94,8 @@ def run_trainer(preset: str, scale: float, loss: str, threads: int, out: Path, e
     return dict(
         epochs=config["epochs"],
         settings=f"hidden {config['hidden']}, batch {config['batch_size']}, lr {config['lr']}, "
-        f"embedding lr {config['embedding_lr']}, weight decay {config['weight_decay']}",
+        f"embedding lr {config['embedding_lr']}, weight decay {config['weight_decay']}, "
+        f"dropout {config['dropout']}, label smoothing {config['label_smoothing']:g}",
         train_points=summary["train_points"],
         seconds=seconds,
         seconds_per_epoch=summary["seconds_per_epoch"],

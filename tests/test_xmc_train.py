@@ -33,8 +33,10 @@ def test_model_losses_agree_and_features_may_be_dense(backend):
     train, _ = synthetic(shape, num_points=40, seed=1)
     features, targets = next(batches(train, 40, shuffle=False, device=DEVICE))
     torch.manual_seed(0)
-    fused = XMCModel(train.num_features, train.num_labels, 32, device=DEVICE)
-    eager = XMCModel(train.num_features, train.num_labels, 32, loss="torch", device=DEVICE)
+    # Smoothing as the fused loss applies it; dropout (off in eval mode) leaves the comparison exact.
+    options = dict(dropout=0.5, label_smoothing=0.1, device=DEVICE)
+    fused = XMCModel(train.num_features, train.num_labels, 32, **options).eval()
+    eager = XMCModel(train.num_features, train.num_labels, 32, loss="torch", **options).eval()
     eager.load_state_dict(fused.state_dict())
     models = (fused, eager)
     assert_close(fused.encode(features.to_dense()), fused.encode(features))
@@ -48,6 +50,22 @@ def test_model_losses_agree_and_features_may_be_dense(backend):
     assert torch.equal(logits.gather(1, labels), values)
     with pytest.raises(ValueError, match="loss must be 'fused' or 'torch'"):
         XMCModel(4, 4, loss="eager")
+
+
+def test_dropout_acts_in_training_only_and_the_shape_rebuilds_the_model():
+    features = torch.tensor([[0.0, 1.0, 0.5, 0.0], [2.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    model = XMCModel(4, 3, 64, dropout=0.5, label_smoothing=0.01)
+    first, second = model.encode(features), model.encode(features)
+    assert not torch.equal(first, second)
+    assert 0.3 < (first == 0).float().mean() < 0.7  # about half the entries dropped
+    rebuilt = XMCModel(**model.shape())
+    rebuilt.load_state_dict(model.state_dict())
+    assert (rebuilt.dropout, rebuilt.label_smoothing) == (0.5, 0.01)
+    model.eval(), rebuilt.eval()
+    assert torch.equal(model.encode(features), model.encode(features))
+    assert torch.equal(model.encode(features), rebuilt.encode(features))
+    assert (model.encode(features) != 0).all()
 
 
 def test_a_step_updates_only_the_embedding_rows_of_the_batch_features():
@@ -193,6 +211,8 @@ def test_resume_refuses_changed_settings_and_redoes_unsaved_epochs(tmp_path):
         (["--eval-every", "-1"], "--eval-every must be at least 1"),
         (["--scale", "0"], "--scale must be positive"),
         (["--threads", "0"], "--threads must be at least 1"),
+        (["--dropout", "1"], r"--dropout must be in \[0, 1\)"),
+        (["--label-smoothing", "-0.1"], r"--label-smoothing must be in \[0, 1\)"),
     ],
 )
 def test_bad_arguments_fail_before_training(tmp_path, args, match):

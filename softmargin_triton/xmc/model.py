@@ -16,12 +16,14 @@ LossImplementation = Literal["fused", "torch"]
 
 
 class XMCModel(nn.Module):
-    """Bag-of-features encoder → residual MLP block → `LinearMultiLabelSoftMarginLoss` head.
+    """Bag-of-features encoder → residual MLP block → dropout → `LinearMultiLabelSoftMarginLoss` head.
 
     The encoder is an `nn.EmbeddingBag` summing each point's feature embeddings weighted by the feature
     values (the product of the sparse feature row with the (F, hidden) embedding table; its gradient is
     sparse, the rows of the batch's features only), then LayerNorm → GELU → Linear with a residual
-    connection. The head owns the (L, hidden) classifier.
+    connection. The head owns the (L, hidden) classifier. `dropout` drops entries of the (B, hidden) point
+    embedding in training; `label_smoothing` ε trains against targets y·(1 − ε) + ε/2 (both regularise a
+    model that otherwise fits every training point, rare labels with overconfident scores).
 
     `loss="fused"` trains with the fused loss, which never forms the (B, L) logits; `loss="torch"` with
     F.linear + torch's MultiLabelSoftMarginLoss on dense targets, the eager baseline it replaces (same
@@ -34,6 +36,8 @@ class XMCModel(nn.Module):
         num_labels: int,
         hidden: int = 256,
         *,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
         loss: LossImplementation = "fused",
         device: torch.device | str | None = None,
     ) -> None:
@@ -42,12 +46,16 @@ class XMCModel(nn.Module):
             raise ValueError(f"loss must be 'fused' or 'torch', got {loss!r}")
         self.loss = loss
         self.num_features, self.num_labels, self.hidden = num_features, num_labels, hidden
+        self.dropout, self.label_smoothing = dropout, label_smoothing
         self.embedding = nn.EmbeddingBag(num_features, hidden, mode="sum", sparse=True, device=device)
         nn.init.normal_(self.embedding.weight, std=hidden**-0.5)
         self.block = nn.Sequential(
             nn.LayerNorm(hidden, device=device), nn.GELU(), nn.Linear(hidden, hidden, device=device)
         )
-        self.head = LinearMultiLabelSoftMarginLoss(hidden, num_labels, device=device)
+        self.drop = nn.Dropout(dropout)
+        self.head = LinearMultiLabelSoftMarginLoss(
+            hidden, num_labels, label_smoothing=label_smoothing, device=device
+        )
 
     @torch.no_grad()
     def set_label_prior(self, label_counts: Tensor, num_points: int) -> None:
@@ -60,17 +68,23 @@ class XMCModel(nn.Module):
     def shape(self) -> dict[str, int | str]:
         """The constructor's arguments: `XMCModel(**model.shape())` builds a model of the same shape."""
         return dict(
-            num_features=self.num_features, num_labels=self.num_labels, hidden=self.hidden, loss=self.loss
+            num_features=self.num_features,
+            num_labels=self.num_labels,
+            hidden=self.hidden,
+            dropout=self.dropout,
+            label_smoothing=self.label_smoothing,
+            loss=self.loss,
         )
 
     def encode(self, features: SparseFeatures | Tensor) -> Tensor:
-        """(B, hidden) point embeddings of sparse features, or of a dense (B, F) float matrix."""
+        """(B, hidden) point embeddings of sparse features, or of a dense (B, F) float matrix (dropout
+        applied in training mode)."""
         if isinstance(features, SparseFeatures):
             indices, offsets, weights = features.embedding_bag_inputs()
             hidden = self.embedding(indices, offsets, per_sample_weights=weights)
         else:
             hidden = features @ self.embedding.weight
-        return hidden + self.block(hidden)
+        return self.drop(hidden + self.block(hidden))
 
     def forward(self, features: SparseFeatures | Tensor, targets: SparseTargets) -> Tensor:
         """The mean multi-label soft-margin loss of the batch, a 0-dim tensor."""
@@ -78,7 +92,8 @@ class XMCModel(nn.Module):
         if self.loss == "fused":
             return self.head(hidden, targets)
         logits = self.head.logits(hidden)
-        return F.multilabel_soft_margin_loss(logits, targets.to_dense(logits.dtype))
+        dense = targets.to_dense(logits.dtype) * (1 - self.label_smoothing) + self.label_smoothing / 2
+        return F.multilabel_soft_margin_loss(logits, dense)
 
     @torch.no_grad()
     def topk(self, features: SparseFeatures | Tensor, k: int) -> tuple[Tensor, Tensor]:
