@@ -679,6 +679,13 @@ def linear_multilabel_soft_margin_loss(
         fused_sgd = None  # nothing will be stepped
     if fused_sgd is not None:
         check_owner(fused_sgd, weight, bias)
+        if torch.compiler.is_compiling():
+            # Its backward counts steps and updates the optimizer's state in Python, which a traced graph
+            # would replay as constants.
+            raise RuntimeError(
+                "a head stepped by FusedClassifierSGD runs eagerly: compile the encoder, or wrap the head's "
+                "call in torch.compiler.disable"
+            )
     classifier = weight
     input, weight, bias = autocast_operands(input, weight, bias)
     if fused_sgd is not None and weight is not classifier:

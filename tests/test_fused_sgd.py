@@ -286,6 +286,8 @@ def test_misuse_raises(small_chunks):
     head.label_weight = None
     with pytest.raises(TypeError, match="autocast"), torch.autocast(DEVICE, dtype=torch.bfloat16):
         head(features, target)
+    with pytest.raises(Exception, match="runs eagerly"):
+        torch.compile(lambda e, y: head(e, y), backend="eager", fullgraph=True)(features, target)
     with pytest.raises(ValueError, match="other parameters"):
         st.linear_multilabel_soft_margin_loss(
             features, head.weight.detach().clone().requires_grad_(), target, head.bias, fused_sgd=optimizer
