@@ -6,12 +6,15 @@
 CPU eurlex-4k at a quarter of its points and amazoncat-13k at 20,000 training points (scale 0.01686),
 methods linear and fused; on CUDA amazon-670k at a tenth, fused and torch. For each dataset the
 `--methods` run in their own processes with `--threads` CPU threads: `linear`, the baseline
-(bench/xmc_linear_baseline.py, its default settings), and `fused` / `torch`, the trainer
-(`python -m softmargin_triton.xmc.train`, its defaults with that `--loss`, then ARGS). Writes
+(bench/xmc_linear_baseline.py, its default settings), and the trainer (`python -m
+softmargin_triton.xmc.train`, its defaults, then ARGS) as `fused` / `torch` (that `--loss`) or with the
+classifier stepped inside the loss's backward: `fused-sgd`, `fused-row-adaptive` (its `--head-optimizer`),
+`fused-row-adaptive-bf16` (a bfloat16 classifier, stochastic rounding) and `fused-row-adaptive-bf16-master`
+(with fp32 master weights). Writes
 xmc_compare.csv (long format: one row per run and quantity, with the machine, versions, commit and date;
 rows of other (preset, scale, method, threads, OMP_WAIT_POLICY) from earlier calls stay) and XMC.md, the
 table generated from it; the latest trainer run's log, curves and summary (not its checkpoint) stay in
-OUT/<preset or directory name>/<loss>/.
+OUT/<preset or directory name>/<method>/.
 """
 
 import argparse
@@ -32,6 +35,25 @@ METHODS = {
     "linear": "linear one-vs-rest (bench/xmc_linear_baseline.py)",
     "fused": "trainer, fused linear + MLSM head",
     "torch": "trainer, eager F.linear + torch MLSM head",
+    "fused-sgd": "trainer, fused head stepped by plain SGD in its backward",
+    "fused-row-adaptive": "trainer, fused head stepped by the row-adaptive step in its backward",
+    "fused-row-adaptive-bf16": "trainer, as above, bf16 classifier, stochastic rounding",
+    "fused-row-adaptive-bf16-master": "trainer, as above, bf16 classifier, fp32 master weights",
+}
+# The trainer's arguments of each trainer method (its defaults otherwise).
+TRAINER_ARGS = {
+    "fused": ["--loss", "fused"],
+    "torch": ["--loss", "torch"],
+    "fused-sgd": ["--head-optimizer", "fused-sgd"],
+    "fused-row-adaptive": ["--head-optimizer", "fused-row-adaptive"],
+    "fused-row-adaptive-bf16": ["--head-optimizer", "fused-row-adaptive", "--head-dtype", "bfloat16"],
+    "fused-row-adaptive-bf16-master": [
+        "--head-optimizer",
+        "fused-row-adaptive",
+        "--head-dtype",
+        "bfloat16",
+        "--head-master-weights",
+    ],
 }
 SHOWN = ("P@1", "P@3", "P@5", "PSP@5")
 RUN_KEYS = ["dataset", "scale", "method", "threads", "omp_wait_policy"]  # one table row each
@@ -71,7 +93,7 @@ def run_baseline(preset: str, scale: float, threads: int, out: Path) -> dict:
     return dict(record, settings=record["settings"])
 
 
-def run_trainer(preset: str, scale: float, loss: str, threads: int, out: Path, extra: list[str]) -> dict:
+def run_trainer(preset: str, scale: float, method: str, threads: int, out: Path, extra: list[str]) -> dict:
     """The trainer's record (epochs, seconds, metrics) from its summary.json, or dict(error=...)."""
     command = [
         sys.executable,
@@ -82,7 +104,7 @@ def run_trainer(preset: str, scale: float, loss: str, threads: int, out: Path, e
         "--scale",
         str(scale),
     ]
-    command += ["--loss", loss, "--threads", str(threads), "--out", str(out), "--no-progress", *extra]
+    command += [*TRAINER_ARGS[method], "--threads", str(threads), "--out", str(out), "--no-progress", *extra]
     error = _run(command)
     if error is not None:
         return dict(error=error)
@@ -95,7 +117,8 @@ def run_trainer(preset: str, scale: float, loss: str, threads: int, out: Path, e
         epochs=config["epochs"],
         settings=f"hidden {config['hidden']}, batch {config['batch_size']}, lr {config['lr']}, "
         f"embedding lr {config['embedding_lr']}, weight decay {config['weight_decay']}, "
-        f"dropout {config['dropout']}, label smoothing {config['label_smoothing']:g}",
+        f"dropout {config['dropout']}, label smoothing {config['label_smoothing']:g}, "
+        f"head optimizer {config['head_optimizer']} (lr {config['head_lr'] or 'default'})",
         train_points=summary["train_points"],
         seconds=seconds,
         seconds_per_epoch=summary["seconds_per_epoch"],

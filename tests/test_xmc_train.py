@@ -14,11 +14,12 @@ import torch
 from conftest import DEVICE, assert_close
 from xmc_helpers import xc_text
 
+from softmargin_triton.fused_sgd import FusedClassifierSGD
 from softmargin_triton.xmc.batching import batches
 from softmargin_triton.xmc.metrics import precision_at_k, propensity, psp_at_k
 from softmargin_triton.xmc.model import XMCModel
 from softmargin_triton.xmc.synthetic import PRESETS, synthetic
-from softmargin_triton.xmc.train import evaluate, main, make_optimizers
+from softmargin_triton.xmc.train import TrainConfig, evaluate, main, make_optimizers
 
 # A tiny run: eurlex-4k's 3,993 labels and 5,000 features, a tenth of its points.
 SMALL = ["--dataset", "eurlex-4k", "--scale", "0.1", "--batch-size", "32", "--hidden", "128", "--lr", "1e-2"]
@@ -68,16 +69,18 @@ def test_dropout_acts_in_training_only_and_the_shape_rebuilds_the_model():
     assert (model.encode(features) != 0).all()
 
 
-def test_a_step_updates_only_the_embedding_rows_of_the_batch_features():
+@pytest.mark.parametrize("head_optimizer", ["adamw", "fused-row-adaptive"])
+def test_a_step_updates_only_the_embedding_rows_of_the_batch_features(head_optimizer):
     """The embedding's gradient is sparse and SparseAdam touches only the rows the batch read: a step costs
-    the batch's non-zeros, not the table."""
+    the batch's non-zeros, not the table. A fused head optimizer steps the classifier without its gradient."""
     shape = dataclasses.replace(PRESETS["eurlex-4k"], num_features=2_000, num_labels=100)
     train, _ = synthetic(shape, num_points=16, seed=4)
     features, targets = next(batches(train, 16, shuffle=False))
     torch.manual_seed(0)
     model = XMCModel(train.num_features, train.num_labels, 16)
     model.set_label_prior(train.label_counts(), train.num_points)
-    optimizers = make_optimizers(model, 1e-2, 5e-2, 0.1)
+    optimizers = make_optimizers(model, TrainConfig(dataset="", out="", head_optimizer=head_optimizer))
+    assert isinstance(optimizers[2], FusedClassifierSGD) is (head_optimizer != "adamw")
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     model(features, targets).backward()
     assert model.embedding.weight.grad.is_sparse
@@ -86,8 +89,9 @@ def test_a_step_updates_only_the_embedding_rows_of_the_batch_features():
     changed = (model.embedding.weight != before["embedding.weight"]).any(dim=1).nonzero().flatten()
     assert changed.tolist() == features.indices.unique().tolist()
     assert 0 < changed.numel() < train.num_features / 2
-    for name, parameter in model.named_parameters():  # the dense parameters all move (AdamW)
+    for name, parameter in model.named_parameters():  # the dense parameters all move
         assert name == "embedding.weight" or not torch.equal(parameter, before[name]), name
+    assert (model.head.weight.grad is None) is (head_optimizer != "adamw")
 
 
 def test_label_prior_sets_the_bias_to_the_training_log_odds():
@@ -122,10 +126,15 @@ def test_trainer_learns_far_beyond_label_frequency(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == metrics
 
 
-def test_resume_continues_where_the_checkpoint_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "head",
+    [[], ["--head-optimizer", "fused-row-adaptive", "--head-dtype", "bfloat16"]],
+    ids=["adamw", "fused"],
+)
+def test_resume_continues_where_the_checkpoint_stopped(tmp_path, monkeypatch, head):
     """A run that crashed during its second epoch, resumed, ends as the run that never stopped (same
-    shuffles, steps, learning rates and losses)."""
-    tiny = ["--epochs", "2", "--scale", "0.03", "--hidden", "32", "--threads", "1"]  # also --threads
+    shuffles, steps, learning rates and losses; the fused head's stochastic rounding too)."""
+    tiny = ["--epochs", "2", "--scale", "0.03", "--hidden", "32", "--threads", "1", *head]  # also --threads
     threads = torch.get_num_threads()
     try:
         straight = run(tmp_path / "straight", *tiny)

@@ -88,7 +88,7 @@ class XMCModel(nn.Module):
 
     def forward(self, features: SparseFeatures | Tensor, targets: SparseTargets) -> Tensor:
         """The mean multi-label soft-margin loss of the batch, a 0-dim tensor."""
-        hidden = self.encode(features)
+        hidden = self.encode(features).to(self.head.weight.dtype)  # a bfloat16 head takes bfloat16 input
         if self.loss == "fused":
             return self.head(hidden, targets)
         logits = self.head.logits(hidden)
@@ -99,4 +99,4 @@ class XMCModel(nn.Module):
     def topk(self, features: SparseFeatures | Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The k best scores and label ids of each point, (B, k) each, best first, streamed over label
         chunks (no (B, L) scores)."""
-        return self.head.topk(self.encode(features), k)
+        return self.head.topk(self.encode(features).to(self.head.weight.dtype), k)

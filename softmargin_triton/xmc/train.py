@@ -14,7 +14,9 @@ the same settings but for --epochs, --eval-every, --device, --threads and --out)
 trains with sparse gradients (SparseAdam), so a step costs the batch's non-zeros × hidden, not
 features × hidden; `--threads` sets torch's CPU threads (on a shared machine, fewer than its cores).
 `--dropout` (on the point embedding) and `--label-smoothing` regularise the model, which otherwise fits
-every training point and ranks rare labels above a test point's likelier ones.
+every training point and ranks rare labels above a test point's likelier ones. `--head-optimizer`
+fused-sgd or fused-row-adaptive steps the classifier inside the loss's backward
+(softmargin_triton.fused_sgd), so that neither its (L, hidden) gradient nor AdamW's moments exist.
 summary.json's time per epoch leaves out the first epoch, which also compiles and autotunes the
 kernels; its config records autocast as it ran (off on a CPU) and `loss_path` the code that computed the
 loss. Needs the xmc extra: `pip install "softmargin-triton[xmc]"`.
@@ -44,6 +46,7 @@ except ImportError as error:
 
 import softmargin_triton
 from softmargin_triton.backend import use_triton_for
+from softmargin_triton.fused_sgd import FusedClassifierSGD
 from softmargin_triton.xmc.batching import batches
 from softmargin_triton.xmc.dataset import XMCDataset
 from softmargin_triton.xmc.metrics import ndcg_at_k, precision_at_k, propensity, psp_at_k
@@ -75,6 +78,10 @@ class TrainConfig:
     dropout: float = 0.3
     label_smoothing: float = 1e-4
     loss: str = "fused"
+    head_optimizer: str = "adamw"
+    head_lr: float | None = None
+    head_dtype: str = "auto"
+    head_master_weights: bool = False
     device: str = "auto"
     autocast: bool = True
     eval_every: int = 1
@@ -111,25 +118,68 @@ def load_dataset(name: str, scale: float = 1.0, seed: int = 0) -> tuple[XMCDatas
     )
 
 
-def make_head_optimizer(model: XMCModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimizer of the head's (L, hidden) classifier and (L,) bias: AdamW at `lr` with
-    `weight_decay`."""
-    # fused: one pass over each tensor instead of one per arithmetic step (~5x faster on a CPU)
-    return torch.optim.AdamW(model.head.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+HEAD_OPTIMIZERS = ("adamw", "fused-sgd", "fused-row-adaptive")
+# fused-sgd's default step per unit gradient of the loss summed over the batch's rows and labels (the best of
+# 1–30 on eurlex-4k × 0.25; reports/xmc/head-optimizers).
+FUSED_SGD_SUM_LR = 10.0
 
 
-def make_optimizers(
-    model: XMCModel, lr: float, embedding_lr: float, weight_decay: float
-) -> list[torch.optim.Optimizer]:
-    """[SparseAdam at `embedding_lr` for the embedding table, whose gradient holds only the rows of the
-    batch's features (a step costs the batch's non-zeros × hidden, not features × hidden); AdamW at `lr`
-    with `weight_decay` for the block; the head's (`make_head_optimizer`)]. Their base learning rates
-    are (embedding_lr, lr, lr), in that order."""
+def head_learning_rate(config: "TrainConfig", num_labels: int) -> float:
+    """The head optimizer's learning rate before decay. AdamW and the row-adaptive step are invariant to the
+    gradient's scale and take `--head-lr` (default `--lr`). Plain SGD is not: the mean loss divides each
+    logit's gradient by batch × labels, so `--head-lr` (default FUSED_SGD_SUM_LR) is its step on the summed
+    loss and the optimizer gets it times batch × labels."""
+    if config.head_optimizer == "fused-sgd":
+        return (config.head_lr or FUSED_SGD_SUM_LR) * config.batch_size * num_labels
+    return config.lr if config.head_lr is None else config.head_lr
+
+
+def make_head_optimizer(model: XMCModel, config: "TrainConfig") -> torch.optim.Optimizer:
+    """The optimizer of the head's (L, hidden) classifier and (L,) bias, per `--head-optimizer`: AdamW with
+    `--weight-decay`, or a FusedClassifierSGD that steps them inside the loss's backward, so that their
+    gradient and AdamW's two moments are never held: plain SGD (fused-sgd) or the row-adaptive step
+    (fused-row-adaptive, decoupled weight decay `--weight-decay`)."""
+    lr = head_learning_rate(config, model.num_labels)
+    if config.head_optimizer == "adamw":
+        # fused: one pass over each tensor instead of one per arithmetic step (~5x faster on a CPU)
+        return torch.optim.AdamW(model.head.parameters(), lr=lr, weight_decay=config.weight_decay, fused=True)
+    row_adaptive = config.head_optimizer == "fused-row-adaptive"
+    return FusedClassifierSGD(
+        model.head,
+        lr=lr,
+        weight_decay=config.weight_decay if row_adaptive else 0.0,
+        row_adaptive=row_adaptive,
+        master_weights=config.head_master_weights,
+        seed=config.seed,
+    )
+
+
+def make_optimizers(model: XMCModel, config: "TrainConfig") -> list[torch.optim.Optimizer]:
+    """[SparseAdam at `--embedding-lr` for the embedding table, whose gradient holds only the rows of the
+    batch's features (a step costs the batch's non-zeros × hidden, not features × hidden); AdamW at `--lr`
+    with `--weight-decay` for the block; the head's (`make_head_optimizer`)]. Their base learning rates are
+    `base_learning_rates`."""
     return [
-        torch.optim.SparseAdam([model.embedding.weight], lr=embedding_lr),
-        torch.optim.AdamW(model.block.parameters(), lr=lr, weight_decay=weight_decay, fused=True),
-        make_head_optimizer(model, lr, weight_decay),
+        torch.optim.SparseAdam([model.embedding.weight], lr=config.embedding_lr),
+        torch.optim.AdamW(
+            model.block.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        ),
+        make_head_optimizer(model, config),
     ]
+
+
+def base_learning_rates(config: "TrainConfig", num_labels: int) -> list[float]:
+    """The learning rate of each of make_optimizers' optimizers before the linear decay."""
+    return [config.embedding_lr, config.lr, head_learning_rate(config, num_labels)]
+
+
+def head_dtype(config: "TrainConfig", use_autocast: bool) -> torch.dtype:
+    """The classifier's dtype: `--head-dtype`, or for "auto" bfloat16 where a fused head optimizer runs
+    under bf16 autocast (autocast would step a bf16 copy of a float32 classifier, which FusedClassifierSGD
+    refuses) and float32 otherwise."""
+    if config.head_dtype != "auto":
+        return getattr(torch, config.head_dtype)
+    return torch.bfloat16 if use_autocast and config.head_optimizer != "adamw" else torch.float32
 
 
 def _rng_state(device: torch.device) -> list[torch.Tensor]:
@@ -246,7 +296,9 @@ def train(config: TrainConfig) -> dict:
         device=device,
     )
     model.set_label_prior(train_set.label_counts(), train_set.num_points)
-    optimizers = make_optimizers(model, config.lr, config.embedding_lr, config.weight_decay)
+    model.head.to(head_dtype(config, use_autocast))
+    optimizers = make_optimizers(model, config)
+    learning_rates = base_learning_rates(config, train_set.num_labels)
     shuffle = torch.Generator().manual_seed(config.seed)
     checkpoint_path, log_path = out / "checkpoint.pt", out / "log.csv"
     first_epoch, step, epoch_seconds = 1, 0, []
@@ -288,8 +340,7 @@ def train(config: TrainConfig) -> dict:
         for index, (features, targets) in enumerate(progress, 1):
             # Linear decay: each learning rate falls from its setting to 0 over the run's steps.
             decay = 1 - step / (config.epochs * steps_per_epoch)
-            bases = (config.embedding_lr, config.lr, config.lr)
-            for optimizer, base in zip(optimizers, bases, strict=True):
+            for optimizer, base in zip(optimizers, learning_rates, strict=True):
                 for group in optimizer.param_groups:
                     group["lr"] = base * decay
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
@@ -382,6 +433,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--loss", choices=("fused", "torch"), default=defaults.loss, help="torch: eager F.linear + MLSM"
+    )
+    parser.add_argument(
+        "--head-optimizer",
+        choices=HEAD_OPTIMIZERS,
+        default=defaults.head_optimizer,
+        help="the classifier's: AdamW, or stepped inside the loss's backward (no gradient stored)",
+    )
+    parser.add_argument(
+        "--head-lr", type=float, default=defaults.head_lr, help="default: --lr (fused-sgd: see the README)"
+    )
+    parser.add_argument(
+        "--head-dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default=defaults.head_dtype,
+        help="the classifier's (auto: bfloat16 for a fused head optimizer under CUDA autocast)",
+    )
+    parser.add_argument(
+        "--head-master-weights",
+        action="store_true",
+        help="fused head optimizers: float32 master weights of a bfloat16 classifier (else stochastic "
+        "rounding)",
     )
     parser.add_argument("--device", default=defaults.device, help="auto (CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--no-autocast", dest="autocast", action="store_false", help="fp32 on CUDA too")
