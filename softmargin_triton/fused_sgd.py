@@ -7,13 +7,15 @@ dW_c = G_cᵀ · E at once in a step of that chunk (on CUDA one Triton kernel fo
 steps it in its epilogue, kernels/fused_sgd.py), so dW is never stored. The encoder still gets
 dE = Σ_c G_c · W_c through autograd, formed before each chunk's step. This costs one more GEMM than the
 plain fused loss (the logits are formed in the forward for the loss and again in the backward: 8·B·D·L flop
-in all, not 6) and saves 2·L·D bytes of bf16 gradient plus AdamW's 8·L·D bytes of moments.
+in all, not 6) and saves the 2·L·D bytes of a bf16 gradient and AdamW's two moments (4·L·D bytes more
+in bf16, 8·L·D in fp32).
 
 The step is torch.optim.SGD's, or, with `row_adaptive`, one whose size each label row sets for itself from
-a running mean of its squared gradient (RMSProp with one second moment per label: 4 bytes a label, not per
-weight). Rare labels then move as fast as frequent ones, which plain SGD's single learning rate cannot
-give them (the README's XMC table measures the difference). The row's mean square needs no dW: it is
-diag(G_cᵀ·K·G_c)/D with K = E·Eᵀ, the (B, B) Gram matrix of the batch's features.
+a running mean of its squared gradient (RMSProp with one second moment per label row and one for its
+bias: 8 bytes a label, not per weight). Rare labels then move as fast as frequent ones, which plain SGD's
+single learning rate cannot give them (the README's "Which step" table measures the difference). The
+row's mean square needs no dW: it is diag(G_cᵀ·K·G_c)/D with K = E·Eᵀ, the (B, B) Gram matrix of the
+batch's features.
 
 What `loss.backward()` means: the step for the gradient of the scalar backward is called on, so grad_output
 scales it (loss / k per micro-batch steps k times by a k-th); there is no accumulation across backwards, and
