@@ -86,13 +86,16 @@ class FusedClassifierSGD(torch.optim.Optimizer):
             them and write them rounded to nearest into the parameters. Else (the default) a bfloat16
             classifier is rounded stochastically (unbiased: each weight rounds up with the probability of
             its distance from the value below), which needs no copy; float16 requires master weights.
+        beta2, eps: the row-adaptive step's averaging rate (1 − beta2 of the new square each step) and the
+            floor added to the root.
         seed: the stochastic rounding's stream; weight i at step t rounds with random bits that are a hash of
             (seed, t, i) alone, the same on CUDA and on the CPU reference, so runs reproduce exactly.
 
     The step happens during `loss.backward()` of a loss from the head in training mode with grad enabled; it
     is the step for that backward's gradient (grad_output scales it). `step()` does nothing (the update has
     been made) and exists so that training loops and LR schedulers treat it as any optimizer. Another
-    optimizer holding the head's parameters raises at its step; a double backward (create_graph) raises.
+    optimizer holding the head's parameters raises at its step, as do a double backward (create_graph)
+    and tracing the head with torch.compile.
     `state_dict()` holds the momentum buffers, master weights, second moments and step count, so a resumed
     run is exact.
     """
@@ -162,7 +165,8 @@ class FusedClassifierSGD(torch.optim.Optimizer):
         """torch's, but keeping the float32 buffers in float32 (torch's loader casts floating state to each
         parameter's dtype)."""
         super().load_state_dict(state_dict)
-        for param, saved in zip(self.parameters_owned, state_dict["state"].values(), strict=True):
+        for index, saved in state_dict["state"].items():  # parameters without state have no entry
+            param = self.parameters_owned[int(index)]
             for key in ("momentum_buffer", "master", "second_moment"):
                 if key in saved:
                     self.state[param][key] = saved[key].to(
