@@ -9,8 +9,8 @@ steps on the host (softmargin_triton/fused_sgd.py) with the same arithmetic and 
 
 A bfloat16 weight without a master copy is rounded stochastically: element i of step t rounds up with
 probability equal to its distance from the value below, its random bits a hash of (stream, i)
-(`stochastic_round_bf16`), so a run is reproducible on any device and on the CPU oracle
-(reference.stochastic_round_bfloat16), which computes the same bits.
+(`stochastic_round_bf16`): the CPU oracle (reference.stochastic_round_bfloat16) computes the same bits,
+and a run on the same device and config reproduces bit for bit.
 """
 
 import triton

@@ -41,8 +41,9 @@ if TRITON_IMPORT_ERROR is None:
 
 __all__ = ["FusedClassifierSGD"]
 
-# Set on each parameter a FusedClassifierSGD owns (a weak reference to it), so other optimizers are refused.
-_OWNER_ATTRIBUTE = "_softmargin_fused_sgd"
+# id(parameter) → (the parameter, its FusedClassifierSGD), both weakly held, so that other optimizers holding
+# it are refused; weak references on the side keep the parameter itself picklable.
+_OWNERS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
 
 
 class StepBuffers(NamedTuple):
@@ -85,19 +86,25 @@ class FusedClassifierSGD(torch.optim.Optimizer):
         master_weights: keep float32 master copies of a 16-bit classifier (taken now, 4 bytes a weight), step
             them and write them rounded to nearest into the parameters. Else (the default) a bfloat16
             classifier is rounded stochastically (unbiased: each weight rounds up with the probability of
-            its distance from the value below), which needs no copy; float16 requires master weights.
+            its distance from the value below), which needs no copy. float16 is refused: its logit
+            gradient, formed with the reduction's factor, underflows, and a GradScaler's factor would
+            scale the step itself.
         beta2, eps: the row-adaptive step's averaging rate (1 − beta2 of the new square each step) and the
             floor added to the root.
         seed: the stochastic rounding's stream; weight i at step t rounds with random bits that are a hash of
-            (seed, t, i) alone, the same on CUDA and on the CPU reference, so runs reproduce exactly.
+            (seed, t, i) alone, the same bits on CUDA and on the CPU reference (the values they round may
+            differ in their last fp32 bit between the two); the same device and config reproduce a run.
 
     The step happens during `loss.backward()` of a loss from the head in training mode with grad enabled; it
     is the step for that backward's gradient (grad_output scales it). `step()` does nothing (the update has
     been made) and exists so that training loops and LR schedulers treat it as any optimizer. Another
     optimizer holding the head's parameters raises at its step, as do a double backward (create_graph)
-    and tracing the head with torch.compile.
-    `state_dict()` holds the momentum buffers, master weights, second moments and step count, so a resumed
-    run is exact.
+    and tracing the head with torch.compile. One backward steps once: a graph that uses the head twice
+    steps at its first use and fails at the second, and torch.autograd.grad through the head steps too.
+    Under DistributedDataParallel each rank would step its replica with its own gradient: shard the labels
+    instead (softmargin_triton.distributed). `state_dict()` holds the momentum buffers, master weights,
+    second moments, step count and the options that shape them (loading refuses other options), so a
+    resumed run is exact.
     """
 
     def __init__(
@@ -123,29 +130,33 @@ class FusedClassifierSGD(torch.optim.Optimizer):
                 "this head already has a FusedClassifierSGD; a head is stepped by one optimizer"
             )
         weight, bias = head.weight, head.bias
-        if weight.dtype == torch.float16 and not master_weights:
-            raise TypeError(
-                "a float16 classifier needs master_weights=True (stochastic rounding serves bfloat16)"
-            )
-        self.parameters_owned = [weight] if bias is None else [weight, bias]
+        if weight.dtype == torch.float16:
+            raise TypeError("FusedClassifierSGD steps bfloat16, float32 or float64 classifiers, not float16")
+        params = [weight] if bias is None else [weight, bias]
+        options = dict(
+            row_adaptive=bool(row_adaptive),
+            master_weights=bool(master_weights) and weight.dtype == torch.bfloat16,
+            seed=int(seed),
+        )
         defaults = dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay))
-        super().__init__(self.parameters_owned, dict(defaults, beta2=float(beta2), eps=float(eps)))
-        self.row_adaptive = row_adaptive
-        self.master_weights = master_weights and weight.dtype in (torch.float16, torch.bfloat16)
-        self.seed = int(seed)
+        super().__init__(params, dict(defaults, beta2=float(beta2), eps=float(eps), **options))
         self.state[weight]["step"] = 0
-        for param in self.parameters_owned:
+        for param in params:
             state_dtype = compute_dtype(param.dtype)
             if self.master_weights:
-                state = self.state[param]
-                state["master"] = param.detach().to(state_dtype, copy=True)
-            if row_adaptive:
+                self.state[param]["master"] = param.detach().to(state_dtype, copy=True)
+            if self.row_adaptive:
                 self.state[param]["second_moment"] = torch.zeros(
                     param.shape[0], dtype=state_dtype, device=param.device
                 )
-            setattr(param, _OWNER_ATTRIBUTE, weakref.ref(self))
+            _OWNERS[id(param)] = (weakref.ref(param), weakref.ref(self))
         _refuse_other_optimizers_once()
         head.fused_optimizer = self
+
+    @property
+    def parameters_owned(self) -> list[Tensor]:
+        """[weight] or [weight, bias]."""
+        return self.param_groups[0]["params"]
 
     @property
     def weight(self) -> Tensor:
@@ -155,6 +166,14 @@ class FusedClassifierSGD(torch.optim.Optimizer):
     def bias(self) -> Tensor | None:
         return self.parameters_owned[1] if len(self.parameters_owned) > 1 else None
 
+    @property
+    def row_adaptive(self) -> bool:
+        return self.param_groups[0]["row_adaptive"]
+
+    @property
+    def master_weights(self) -> bool:
+        return self.param_groups[0]["master_weights"]
+
     def step(self, closure=None) -> None:
         """Nothing to do: the loss's backward has taken the step. Runs `closure` if given, as SGD would."""
         if closure is not None:
@@ -162,8 +181,15 @@ class FusedClassifierSGD(torch.optim.Optimizer):
                 closure()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's, but keeping the float32 buffers in float32 (torch's loader casts floating state to each
-        parameter's dtype)."""
+        """torch's, refusing a state dict of other options (its buffers would not fit the step), and keeping
+        the float32 buffers in float32 (torch's loader casts floating state to each parameter's dtype)."""
+        saved_group = state_dict["param_groups"][0]
+        for option in ("row_adaptive", "master_weights", "seed"):
+            if saved_group.get(option) != self.param_groups[0][option]:
+                raise ValueError(
+                    f"the state dict was saved with {option}={saved_group.get(option)!r}, this optimizer "
+                    f"has {self.param_groups[0][option]!r}"
+                )
         super().load_state_dict(state_dict)
         for index, saved in state_dict["state"].items():  # parameters without state have no entry
             param = self.parameters_owned[int(index)]
@@ -202,7 +228,7 @@ class FusedClassifierSGD(torch.optim.Optimizer):
         rounding_stream = None
         if self.weight.dtype == torch.bfloat16 and not self.master_weights:
             word = 0xFFFFFFFF
-            key = (self.seed ^ int(mix32(torch.tensor(step & word)))) & word
+            key = (group["seed"] ^ int(mix32(torch.tensor(step & word)))) & word
             rounding_stream = int(mix32(torch.tensor(key)))
         return settings, StepBuffers(*buffers), rounding_stream
 
@@ -220,8 +246,8 @@ def _refuse_other_optimizers(optimizer: torch.optim.Optimizer, args, kwargs) -> 
         return
     for group in optimizer.param_groups:
         for param in group["params"]:
-            owner = getattr(param, _OWNER_ATTRIBUTE, None)
-            if owner is not None and owner() is not None:
+            param_ref, owner = _OWNERS.get(id(param), (None, None))
+            if param_ref is not None and param_ref() is param and owner() is not None:
                 raise RuntimeError(
                     f"{type(optimizer).__name__} holds a classifier parameter that a FusedClassifierSGD "
                     "steps inside the loss's backward; leave the head's weight and bias out of it"
@@ -278,7 +304,7 @@ def sgd_update_chunk_(
             # Each row's mean square Σ_d dW_ld² / D = (gᵀ·K·g)_l / D, with no dW formed.
             square = torch.cat(
                 [(gram @ part.to(dtype)).mul_(part).sum(dim=0) for part in grad.split(piece_labels, dim=1)]
-            )
+            ).clamp_min_(0)  # a quadratic form ≥ 0, which cancellation in fp32 can take below 0
             row_step = _row_step_sizes(weight_moment, square / dim, settings)
         labels = stop - start
         launch(

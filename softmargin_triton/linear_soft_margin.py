@@ -372,6 +372,7 @@ def linear_soft_margin_sgd_backward(
     pos_weight: Tensor | None,
     row_scale: Tensor,
     input_grad: bool,
+    bias_step: bool,
     use_triton: bool,
     label_smoothing: float,
     settings: list[float],
@@ -391,12 +392,14 @@ def linear_soft_margin_sgd_backward(
     grad_output times the reduction's factor. `settings` are a fused_sgd.StepSettings as a list, the
     tensors after it a fused_sgd.StepBuffers ((L, D) and (L,) float32 or None); `rounding_stream` the
     step's stochastic rounding key, or -1 to round to nearest. Each chunk's share of grad_input uses the
-    chunk's weights before its step. Returns grad_input (R, D) in input's dtype, or an empty tensor unless
-    input_grad.
+    chunk's weights before its step; the bias steps only where bias_step (else it is frozen). Returns
+    grad_input (R, D) in input's dtype, or an empty tensor unless input_grad.
     """
     rows, dim = input.shape
     accumulate_dtype = compute_dtype(input.dtype)
-    grad_input_sum = torch.zeros((rows, dim), dtype=accumulate_dtype, device=input.device)
+    grad_input_sum = (
+        torch.zeros((rows, dim), dtype=accumulate_dtype, device=input.device) if input_grad else None
+    )
     step_settings = StepSettings(*settings)
     buffers = StepBuffers(
         weight_momentum, bias_momentum, weight_master, bias_master, weight_second_moment, bias_second_moment
@@ -428,7 +431,7 @@ def linear_soft_margin_sgd_backward(
             input,
             gram,
             weight,
-            bias,
+            bias if bias_step else None,
             step_settings,
             buffers,
             None if rounding_stream < 0 else rounding_stream,
@@ -538,6 +541,7 @@ def _linear_soft_margin_backward(ctx, grad_loss):
             *operands,
             row_scale,
             ctx.needs[0],
+            ctx.needs[2],
             ctx.use_triton,
             ctx.label_smoothing,
             list(settings),
@@ -676,6 +680,10 @@ def linear_multilabel_soft_margin_loss(
     reduction = resolve_reduction(None, None, reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
     if fused_sgd is not None and not (torch.is_grad_enabled() and weight.requires_grad):
+        if torch.is_grad_enabled() and bias is not None and bias.requires_grad:
+            raise ValueError(
+                "FusedClassifierSGD steps the weight and its bias together: freeze the bias with the weight"
+            )
         fused_sgd = None  # nothing will be stepped
     if fused_sgd is not None:
         check_owner(fused_sgd, weight, bias)

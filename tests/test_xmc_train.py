@@ -222,6 +222,7 @@ def test_resume_refuses_changed_settings_and_redoes_unsaved_epochs(tmp_path):
         (["--threads", "0"], "--threads must be at least 1"),
         (["--dropout", "1"], r"--dropout must be in \[0, 1\)"),
         (["--label-smoothing", "-0.1"], r"--label-smoothing must be in \[0, 1\)"),
+        (["--loss", "torch", "--head-optimizer", "fused-row-adaptive"], "use --loss fused"),
     ],
 )
 def test_bad_arguments_fail_before_training(tmp_path, args, match):

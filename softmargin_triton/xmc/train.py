@@ -131,7 +131,8 @@ def head_learning_rate(config: "TrainConfig", num_labels: int) -> float:
     logit's gradient by batch × labels, so `--head-lr` (default FUSED_SGD_SUM_LR) is its step on the summed
     loss and the optimizer gets it times batch × labels."""
     if config.head_optimizer == "fused-sgd":
-        return (config.head_lr or FUSED_SGD_SUM_LR) * config.batch_size * num_labels
+        sum_lr = FUSED_SGD_SUM_LR if config.head_lr is None else config.head_lr
+        return sum_lr * config.batch_size * num_labels
     return config.lr if config.head_lr is None else config.head_lr
 
 
@@ -275,12 +276,21 @@ def train(config: TrainConfig) -> dict:
     for name in ("dropout", "label_smoothing"):
         if not 0 <= getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(config, name)}")
+    if config.head_optimizer != "adamw" and config.loss != "fused":
+        raise ValueError(
+            f"--head-optimizer {config.head_optimizer} steps the fused loss's head: use --loss fused"
+        )
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(config.device)
     use_autocast = config.autocast and device.type == "cuda"
+    if use_autocast and config.head_optimizer != "adamw" and config.head_dtype == "float32":
+        raise ValueError(
+            "bf16 autocast would step a bfloat16 copy of a float32 fused head: --head-dtype auto or "
+            "bfloat16, or --no-autocast"
+        )
     train_set, test_set = load_dataset(config.dataset, config.scale, config.data_seed)
     train_set, test_set = train_set.to(device), test_set.to(device)  # batches then gather on the device
     # Jain et al.'s propensities from the training split's label frequencies, for PSP@k.
