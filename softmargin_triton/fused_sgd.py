@@ -297,7 +297,6 @@ def sgd_update_chunk_(
     (weight_momentum, bias_momentum, weight_master, bias_master, weight_moment, bias_moment) = (
         None if buffer is None else buffer[start:stop] for buffer in buffers
     )
-    grad_bias = grad.sum(dim=0, dtype=dtype)
     if use_triton:
         row_step = None
         if weight_moment is not None:
@@ -356,7 +355,8 @@ def sgd_update_chunk_(
                 rounding_stream,
                 None if rounding_stream is None else _element_ids(lo, hi, dim, weight.device),
             )
-    if bias is not None:
+    if bias is not None:  # its gradient is G's column sums: one more read of G, only where it steps
+        grad_bias = grad.sum(dim=0, dtype=dtype)
         num_labels = weight.shape[0]
         bias_step = settings.lr
         if bias_moment is not None:

@@ -405,7 +405,10 @@ def linear_soft_margin_sgd_backward(
         weight_momentum, bias_momentum, weight_master, bias_master, weight_second_moment, bias_second_moment
     )
     row_adaptive_kernel = use_triton and weight_second_moment is not None
-    gram = input.to(accumulate_dtype) @ input.to(accumulate_dtype).T if row_adaptive_kernel else None
+    gram = None
+    if row_adaptive_kernel:
+        features = input.to(accumulate_dtype)
+        gram = features @ features.T
     chunks = _gradient_chunks(
         input,
         weight,
