@@ -31,7 +31,7 @@ from softmargin_triton.xmc.dataset import SparseFeatures, XMCDataset
 from softmargin_triton.xmc.metrics import ndcg_at_k, precision_at_k, propensity, psp_at_k
 from softmargin_triton.xmc.train import KS, load_dataset
 
-__all__ = ["linear_topk"]
+__all__ = ["linear_scores", "linear_topk", "train_label_chunk"]
 
 
 def _chunk_targets(targets_indptr: Tensor, targets_indices: Tensor, start: int, stop: int) -> Tensor:
@@ -76,6 +76,44 @@ def _batch_matrix(features: SparseFeatures) -> tuple[Tensor, Tensor, Tensor]:
     return rows, counts.to(torch.float32), matrix
 
 
+def train_label_chunk(
+    train: XMCDataset,
+    start: int,
+    stop: int,
+    *,
+    epochs: int,
+    lr: float,
+    l2: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """Train the logistic classifiers of labels [start, stop) on `train` (a CPU dataset); returns their
+    (F, stop - start) float32 weight table and (1, stop - start) bias."""
+    # Zero: the convex problem's natural start; features never seen in training stay at 0.
+    table, bias = torch.zeros(train.num_features, stop - start), torch.zeros(1, stop - start)
+    optimizer, bias_optimizer = _LazyAdam(table, lr), _LazyAdam(bias, lr)
+    every_row = torch.zeros(1, dtype=torch.int64)
+    shuffle = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for features, targets in batches(train, batch_size, shuffle=True, generator=shuffle):
+            rows, counts, matrix = _batch_matrix(features)
+            target = _chunk_targets(targets.indptr, targets.indices, start, stop)
+            # d/dlogits of the batch's mean BCE, summed over labels.
+            residual = (torch.sigmoid(matrix @ table[rows] + bias) - target) / features.num_rows
+            grad = matrix.t() @ residual
+            # Per occurrence: the batch's share of λ/2 · Σ_f (df_f / N)·‖w_f‖².
+            grad += (l2 / features.num_rows) * counts[:, None] * table[rows]
+            optimizer.step(rows, grad)
+            bias_optimizer.step(every_row, residual.sum(0, keepdim=True))
+    return table, bias
+
+
+def linear_scores(features: SparseFeatures, table: Tensor, bias: Tensor) -> Tensor:
+    """The (N, C) logits of the points `features` under a label chunk's (F, C) `table` and (1, C) `bias`."""
+    rows, _, matrix = _batch_matrix(features)
+    return matrix @ table[rows] + bias
+
+
 def linear_topk(
     train: XMCDataset,
     test: XMCDataset,
@@ -98,24 +136,10 @@ def linear_topk(
     best_labels = torch.empty(test.num_points, 0, dtype=torch.int64)
     for start in tqdm(range(0, num_labels, chunk), desc="label chunks", disable=not progress):
         stop = min(start + chunk, num_labels)
-        # Zero: the convex problem's natural start; features never seen in training stay at 0.
-        table, bias = torch.zeros(num_features, stop - start), torch.zeros(1, stop - start)
-        optimizer, bias_optimizer = _LazyAdam(table, lr), _LazyAdam(bias, lr)
-        every_row = torch.zeros(1, dtype=torch.int64)
-        shuffle = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            for features, targets in batches(train, batch_size, shuffle=True, generator=shuffle):
-                rows, counts, matrix = _batch_matrix(features)
-                target = _chunk_targets(targets.indptr, targets.indices, start, stop)
-                # d/dlogits of the batch's mean BCE, summed over labels.
-                residual = (torch.sigmoid(matrix @ table[rows] + bias) - target) / features.num_rows
-                grad = matrix.t() @ residual
-                # Per occurrence: the batch's share of λ/2 · Σ_f (df_f / N)·‖w_f‖².
-                grad += (l2 / features.num_rows) * counts[:, None] * table[rows]
-                optimizer.step(rows, grad)
-                bias_optimizer.step(every_row, residual.sum(0, keepdim=True))
-        rows, _, matrix = _batch_matrix(test.features)
-        values, labels = (matrix @ table[rows] + bias).topk(min(k, stop - start), dim=1)
+        table, bias = train_label_chunk(
+            train, start, stop, epochs=epochs, lr=lr, l2=l2, batch_size=batch_size, seed=seed
+        )
+        values, labels = linear_scores(test.features, table, bias).topk(min(k, stop - start), dim=1)
         best_values, best_labels = merge_topk(
             torch.cat([best_values, values], 1), torch.cat([best_labels, labels + start], 1), k
         )

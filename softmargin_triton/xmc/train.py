@@ -75,7 +75,7 @@ class TrainConfig:
     embedding_lr: float = 5e-2
     weight_decay: float = 0.1
     hidden: int = 256
-    dropout: float = 0.3
+    dropout: float = 0.15
     label_smoothing: float = 1e-4
     loss: str = "fused"
     head_optimizer: str = "adamw"
