@@ -10,12 +10,15 @@ truncated SVD, bias kept) then scores the test split. A model whose logits pass 
 bottleneck, such as the trainer's with hidden r, has label-feature maps of rank at most r (plus what its
 one non-linear block adds): where the truncation at rank r scores well below W itself, the data's label
 structure is not low-rank, and no bottleneck that narrow can match one-vs-rest by being trained better.
-The trainer runs with its defaults but for --hidden. Appends to OUT/rank.csv (long format: one row per
-model, width and metric, with the machine, versions, commit and date).
+The trainer runs with its defaults but for --hidden, with its learning rates scaled to the width
+(`trainer_config`), and at each --unscaled-hidden with the defaults' rates. Appends to OUT/rank.csv (long
+format: one row per model, width and metric, with the machine, versions, commit and date).
 """
 
 import argparse
+import dataclasses
 import datetime
+import math
 import tempfile
 from pathlib import Path
 
@@ -42,12 +45,35 @@ def truncated_topk(
     }
 
 
+def trainer_config(
+    dataset: str, scale: float, hidden: int, out: str, threads: int, scaled: bool = True
+) -> TrainConfig:
+    """The trainer's defaults at width `hidden`, its learning rates scaled from those tuned at the default
+    width: Adam moves every weight by about its rate a step, so a logit w·h moves with the width; the
+    block's and head's rate falls as 1/width and the embedding's as 1/sqrt(width) (as in μP). With `scaled`
+    False the defaults' rates stay (--unscaled-hidden: what the rule is worth)."""
+    defaults = TrainConfig(dataset=dataset, out=out)
+    ratio = defaults.hidden / hidden if scaled else 1.0
+    return dataclasses.replace(
+        defaults,
+        scale=scale,
+        hidden=hidden,
+        lr=defaults.lr * ratio,
+        embedding_lr=defaults.embedding_lr * math.sqrt(ratio),
+        threads=threads,
+        progress=False,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="a preset or an XC directory, as the trainer's")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--ranks", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
     parser.add_argument("--hidden", type=int, nargs="*", default=[256, 512, 1024], help="trainer widths")
+    parser.add_argument(
+        "--unscaled-hidden", type=int, nargs="*", default=[1024], help="trainer widths at the default rates"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -84,18 +110,12 @@ def main() -> None:
                 **baseline.metrics_of(topk, train_set, test_set),
             )
         )
-    for hidden in args.hidden:
+    runs = [(hidden, True) for hidden in args.hidden] + [(hidden, False) for hidden in args.unscaled_hidden]
+    for hidden, scaled in runs:
         with tempfile.TemporaryDirectory() as folder:
-            config = TrainConfig(
-                dataset=args.dataset,
-                out=folder,
-                scale=args.scale,
-                hidden=hidden,
-                threads=args.threads,
-                progress=False,
-            )
-            summary = train(config)
-        records.append(dict(model="trainer (defaults but hidden)", width=hidden, **summary["metrics"]))
+            summary = train(trainer_config(args.dataset, args.scale, hidden, folder, args.threads, scaled))
+        model = f"trainer (defaults, rates {'scaled to hidden' if scaled else 'unscaled'})"
+        records.append(dict(model=model, width=hidden, **summary["metrics"]))
     common = dict(
         dataset=args.dataset,
         scale=args.scale,
