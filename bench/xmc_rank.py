@@ -2,7 +2,7 @@
 approximations, beside the trainer at several hidden sizes (the rank of its bottleneck).
 
     python bench/xmc_rank.py --dataset eurlex-4k --scale 0.25 --ranks 128 256 512 1024 2048 \\
-        --hidden 256 512 1024 --threads 2 --out reports/xmc/rank
+        --hidden 256 512 1024 2048 --threads 2 --out reports/xmc/rank
 
 The baseline (bench/xmc_linear_baseline.py, its default settings) is trained with all labels in one chunk,
 so its (F, L) weight table W exists at once; the best rank-r approximation of W in the Frobenius norm (its
@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="a preset or an XC directory, as the trainer's")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--ranks", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
-    parser.add_argument("--hidden", type=int, nargs="*", default=[256, 512, 1024], help="trainer widths")
+    parser.add_argument(
+        "--hidden", type=int, nargs="*", default=[256, 512, 1024, 2048], help="trainer widths"
+    )
     parser.add_argument(
         "--unscaled-hidden", type=int, nargs="*", default=[1024], help="trainer widths at the default rates"
     )
