@@ -435,7 +435,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--embedding-lr", type=float, default=defaults.embedding_lr, help="SparseAdam's")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--hidden", type=int, default=defaults.hidden)
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=defaults.hidden,
+        help="the embedding's width; the rates are tuned at 256: at width h scale --lr by 256/h and "
+        "--embedding-lr by sqrt(256/h) (bench/xmc_rank.py's trainer_config)",
+    )
     parser.add_argument(
         "--dropout", type=float, default=defaults.dropout, help="on the point embedding, in training"
     )
