@@ -8,7 +8,8 @@ with log1p(e) a polynomial in e (FMAs, no libdevice log, no IEEE division). Two 
 
 - FAST (16-bit loss and 16-bit gradient): e from one MUFU ex2 of the rounded product -|x|·log2(e), r
   from one MUFU reciprocal (rcp.approx, ≤ 1 ulp), log1p(e) = e + e²·Q(e) with Q of degree 3 (relative
-  error < 2^-13.8: ≤ 0.13 ulp of fp16, ≤ 0.02 of bf16, before the final rounding).
+  error < 2^-13.8: ≤ 0.13 ulp of fp16, ≤ 0.02 of bf16, before the final rounding). The focal family's
+  non-integer powers take log2 from the MUFU too (`power`).
 - PRECISE (an fp32 loss or gradient): the product's rounding error and log2(e)'s own are carried into e
   (e ≈ 2^t·(1 + t_lo·ln 2)), r gets one Newton step, Q has degree 7 (relative error < 2^-24.8).
 
@@ -168,10 +169,26 @@ def positive_bce(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def power(base, exponent):
+def fast_log2(u):
+    """log2(u) for fp32 u by the MUFU (lg2.approx: absolute error ~2^-22, -inf at 0); exact under the
+    interpreter."""
+    if INTERPRETED:
+        return tl.log2(u)
+    else:
+        return libdevice.fast_log2f(u)
+
+
+@triton.jit
+def power(base, exponent, PRECISE: tl.constexpr):
     """base ** exponent for base ≥ 0, as torch.pow: 1 where the exponent is 0 (0 ** 0 included), and
-    0 ** positive = 0, 0 ** negative = inf through log2(0) = -inf."""
-    return tl.where(exponent == 0, 1.0, tl.exp2(exponent * tl.log2(base)))
+    0 ** positive = 0, 0 ** negative = inf through log2(0) = -inf. FAST fp32 takes log2 from the MUFU: its
+    absolute error ε moves the result by a relative |exponent|·ε·ln 2, far below a 16-bit ulp for any
+    focusing exponent (libdevice's log2, which tl.log2 lowers to, costs ~12 more instructions)."""
+    if PRECISE or (base.dtype != tl.float32):
+        log2_base = tl.log2(base)
+    else:
+        log2_base = fast_log2(base)
+    return tl.where(exponent == 0, 1.0, tl.exp2(exponent * log2_base))
 
 
 @triton.jit
@@ -217,7 +234,8 @@ def focal_bce(
         p_t = p·y + q·(1 - y),  γ_t = γ+·y + γ-·(1 - y),  α_t = α·y + (1 - α)·(1 - y) (ALPHA_WEIGHT; else 1),
 
     INTEGER_GAMMA ≥ 0 says γ+ = γ- = INTEGER_GAMMA, an integer: the powers are then products (the focal
-    loss's γ = 2); -1 for any other γ+, γ-, which costs MUFU lg2 and ex2 per power.
+    loss's γ = 2); -1 for any other γ+, γ-, which costs a log2 (the MUFU's in FAST fp32, libdevice's
+    otherwise) and a MUFU ex2 per power.
     ce = BCE with logits, torch's formula (torchvision's sigmoid_focal_loss: γ+ = γ-, no clip), or with
     ASYMMETRIC the ASL reference's -(y·max(log p, log ε) + (1 - y)·max(log q, log ε)). The focusing
     factor's own gradient is included with FOCUS_GRAD (ASL's disable_torch_grad_focal_loss=False and
@@ -262,7 +280,7 @@ def focal_bce(
         focus = integer_power(base, INTEGER_GAMMA)
     else:
         gamma = gamma_pos * y + gamma_neg * (1.0 - y)
-        focus = power(base, gamma)
+        focus = power(base, gamma, PRECISE)
     loss = ce * focus
     grad = dce * focus
     if FOCUS_GRAD:
@@ -271,7 +289,7 @@ def focal_bce(
         if INTEGER_GAMMA > 0:
             grad = tl.fma(ce, INTEGER_GAMMA * integer_power(base, INTEGER_GAMMA - 1) * -dp_t, grad)
         elif INTEGER_GAMMA < 0:
-            dfocus = tl.where(gamma == 0, 0.0, gamma * power(base, gamma - 1.0)) * -dp_t
+            dfocus = tl.where(gamma == 0, 0.0, gamma * power(base, gamma - 1.0, PRECISE)) * -dp_t
             grad = tl.fma(ce, dfocus, grad)
     if ALPHA_WEIGHT:
         alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y)
