@@ -125,6 +125,16 @@ def test_half_logits_with_byte_targets(backend, loss, dtype):
     compare(ours, published, logits(6, 500, dtype=dtype), binary_targets(6, 500, dtype=torch.uint8), "sum")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_clipped_log_near_one_in_half_precision(backend, dtype):
+    """Every 16-bit logit from -4 to -2 as a negative label, unfocused (the loss is -log q): around
+    logit(clip) = -2.944, q = 1 - (σ(x) - clip) comes within 10^-4 of 1, where log q is small and an
+    absolute error in it would be a large relative one."""
+    grid = torch.arange(-4.0, -2.0, 2.0**-9, device=DEVICE).to(dtype).unique().reshape(1, -1)
+    targets = torch.zeros_like(grid, dtype=torch.uint8)
+    compare(st.asymmetric_loss, reference_asl, grid, targets, "none", gamma_neg=0, gamma_pos=0, clip=0.05)
+
+
 @pytest.mark.parametrize("loss", ["focal", "asymmetric"])
 def test_sparse_targets_and_weight_equal_dense(backend, loss):
     """A SparseTargets, and an elementwise weight, give the values and gradient of the dense 0/1 target."""
