@@ -57,6 +57,16 @@ def fast_reciprocal(u):
 
 
 @triton.jit
+def fast_log2(u):
+    """log2(u) for fp32 u by the MUFU (lg2.approx: absolute error ~2^-22, -inf at 0); exact under the
+    interpreter."""
+    if INTERPRETED:
+        return tl.log2(u)
+    else:
+        return libdevice.fast_log2f(u)
+
+
+@triton.jit
 def exp_neg_abs(x, PRECISE: tl.constexpr):
     """e^{-|x|} in [0, 1] for x of the compute dtype (float32 or float64)."""
     if x.dtype == tl.float64:
@@ -169,16 +179,6 @@ def positive_bce(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def fast_log2(u):
-    """log2(u) for fp32 u by the MUFU (lg2.approx: absolute error ~2^-22, -inf at 0); exact under the
-    interpreter."""
-    if INTERPRETED:
-        return tl.log2(u)
-    else:
-        return libdevice.fast_log2f(u)
-
-
-@triton.jit
 def power(base, exponent, PRECISE: tl.constexpr):
     """base ** exponent for base ≥ 0, as torch.pow: 1 where the exponent is 0 (0 ** 0 included), and
     0 ** positive = 0, 0 ** negative = inf through log2(0) = -inf. FAST fp32 takes log2 from the MUFU: its
@@ -210,13 +210,13 @@ def log_probability(q, one_minus_q, PRECISE: tl.constexpr):
     (relative error < w³/4 ≤ 2^-17, and w carries none of q's rounding near 1); elsewhere the MUFU's
     log2 (absolute error ~2^-22: relative to |log q| > 2^-5, below 2^-16). Either is far below a 16-bit
     ulp, at a third of libdevice's instructions. float64: libdevice's log."""
-    if PRECISE and (q.dtype == tl.float32) and (not INTERPRETED):
+    if q.dtype != tl.float32 or (PRECISE and INTERPRETED):
+        return tl.log(q)
+    elif PRECISE:
         return libdevice.log(q)
-    elif q.dtype == tl.float32:
+    else:
         series = -one_minus_q * tl.fma(one_minus_q, tl.fma(one_minus_q, 1.0 / 3.0, 0.5), 1.0)
         return tl.where(one_minus_q < 0.03125, series, fast_log2(q) * LN2)
-    else:
-        return tl.log(q)
 
 
 @triton.jit
